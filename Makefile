@@ -1,0 +1,38 @@
+# officegrid developer entry points. `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint deps bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Reinstall only when the package metadata changed: a no-op when already installed.
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q -e '.[all]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/officegrid demo
+
+test: $(STAMP)
+	$(PY) -m ruff check src tests bench examples
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench examples
+
+# Debian packages the tests and benchmarks need (root). Called by .ci/run, not by `make test`.
+deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool rsync >/dev/null
+
+bench: $(STAMP)
+	$(PY) bench/dispatch.py
+	$(PY) bench/efficiency.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache

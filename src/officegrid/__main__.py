@@ -1,0 +1,3 @@
+from officegrid.cli import main
+
+main()

@@ -1,0 +1,39 @@
+"""The ``officegrid`` command line. One module per command group; all use ``officegrid.Client``."""
+
+from __future__ import annotations
+
+import typer
+
+from officegrid.cli import admin, job, release, server, worker
+
+app = typer.Typer(
+    name="officegrid", no_args_is_help=True, add_completion=False,
+    help="Turn idle office desktops into a batch-processing grid.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("server")(server.server)
+app.command("worker")(worker.worker)
+app.add_typer(release.app, name="release")
+app.add_typer(admin.token_app, name="token")
+app.command("workers")(admin.workers)
+app.command("drain")(admin.drain)
+app.command("submit")(job.submit)
+app.command("status")(job.status)
+app.command("results")(job.results)
+app.command("cancel")(job.cancel)
+app.command("retry")(job.retry)
+app.command("logs")(job.logs)
+
+
+@app.command("demo")
+def demo(records: int = typer.Option(200_000, "--records", "-n", help="customer records"),
+         workers: int = typer.Option(2, "--workers", help="worker agents to start"),
+         keep: bool = typer.Option(False, "--keep", help="keep the temporary data dir")) -> None:
+    """Run the reference job (address enrichment over real ZIP data) on a local grid."""
+    from officegrid.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(records=records, workers=workers, keep=keep))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,159 @@
+"""``officegrid release``: publish, promote, list and pull code releases."""
+
+from __future__ import annotations
+
+import getpass
+import subprocess
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from officegrid import protocol as p
+from officegrid.cli.common import (
+    CaOpt,
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    client,
+    emit,
+    err,
+    handle_errors,
+    out,
+)
+from officegrid.client import Client
+
+app = typer.Typer(no_args_is_help=True, help="Publish, promote, list and pull code releases.")
+
+
+def _git_commit(directory: Path) -> str | None:
+    try:
+        res = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def publish(c: Client, directory: Path, channel: str | None, message: str | None = None,
+            author: str | None = None, show_progress: bool = True) -> dict:
+    """Build the release tree of ``directory``, upload only the blobs the server lacks, and
+    record the release (moving ``channel`` to it). Returns the release info plus
+    ``bytes_uploaded`` and ``blobs_uploaded``.
+
+    Raises:
+        sync.tree.BuildError / sync.names.UnsafeName: a path cannot be published (named).
+        ApiError: the server refused the release.
+    """
+    from officegrid.cas import compress
+    from officegrid.sync.tree import build_tree
+
+    tree = build_tree(directory)
+    for w in tree.warnings:
+        err.print(f"[yellow]warning:[/yellow] {w}")
+    hashes = list(tree.manifests) + list(tree.files)
+    missing = set(c.missing_blobs(hashes))
+    todo_bytes = sum(tree.files[h][1] for h in missing if h in tree.files)
+    uploaded = 0
+    with Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err, disable=not show_progress or not missing, transient=True) as prog:
+        task = prog.add_task("upload", total=todo_bytes)
+        for h in missing:
+            if h in tree.manifests:
+                data = tree.manifests[h]
+            else:
+                data = tree.files[h][0].read_bytes()
+                prog.advance(task, len(data))
+            frame = compress(data)
+            c.put_frame(h, frame)
+            uploaded += len(frame)
+    info = c.create_release(p.ReleaseCreate(
+        id=tree.root_hash, channel=channel, message=message,
+        author=author or getpass.getuser(), git_commit=_git_commit(directory),
+        file_count=tree.file_count, total_bytes=tree.total_bytes))
+    info["bytes_uploaded"] = uploaded
+    info["blobs_uploaded"] = len(missing)
+    return info
+
+
+@app.command("create")
+@handle_errors
+def create(directory: Path = typer.Argument(..., help="the code directory to publish"),
+           channel: str = typer.Option("trunk", "--channel", "-c",
+                                       help="channel to point at the new release"),
+           message: str = typer.Option(None, "--message", "-m"),
+           server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt,
+           as_json: bool = JsonOpt) -> None:
+    """Publish DIR as a release (uploads only what the server lacks); prints the release id."""
+    with client(server, token, ca) as c:
+        info = publish(c, directory, channel, message)
+    emit(info, as_json, info["id"],
+         f"release {info['id'][:12]}: {info['file_count']} files, {info['total_bytes']:,} bytes; "
+         f"uploaded {info['blobs_uploaded']} blobs ({info['bytes_uploaded']:,} bytes); "
+         f"channel {channel} -> {info['id'][:12]}")
+
+
+@app.command("promote")
+@handle_errors
+def promote(src: str = typer.Argument(..., help="channel (or release id) to promote"),
+            dst: str = typer.Argument(None, help="channel to move"),
+            to: str = typer.Option(None, "--to", help="move SRC (a channel) to this release id "
+                                   "instead (rollback)"),
+            server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt,
+            as_json: bool = JsonOpt) -> None:
+    """Point channel DST at SRC's release (`promote trunk worker`), or SRC --to ID."""
+    with client(server, token, ca) as c:
+        if to:
+            info = c.promote(src, release=to)
+        elif dst:
+            info = c.promote(dst, source=src)
+        else:
+            raise ValueError("give SRC DST, or CHANNEL --to RELEASE_ID")
+    emit(info, as_json, info["release"], f"channel {info['name']} -> {info['release'][:12]}")
+
+
+@app.command("list")
+@handle_errors
+def list_(server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt,
+          as_json: bool = JsonOpt) -> None:
+    """List releases, newest first, with the channels pointing at them."""
+    import json
+
+    with client(server, token, ca) as c:
+        rows = c.releases()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    t = Table("id", "channels", "created", "author", "files", "bytes", "git", "message")
+    for r in rows:
+        t.add_row(r["id"][:12], ",".join(r["channels"]),
+                  time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
+                  r["author"] or "", str(r["file_count"]), f"{r['total_bytes']:,}",
+                  (r["git_commit"] or "")[:10], r["message"] or "")
+    out.print(t)
+
+
+@app.command("pull")
+@handle_errors
+def pull(channel: str = typer.Argument(..., help="channel or release id"),
+         to: Path = typer.Option(..., "--to", help="directory to make equal to the release"),
+         cache: Path = typer.Option(None, "--cache",
+                                    help="chunk cache [default: beside DIR]"),
+         server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt) -> None:
+    """Make DIR equal to a release, like `rsync -a --delete`; prints bytes received and time."""
+    from officegrid.cas import ContentStore
+    from officegrid.sync.materialize import pull_into
+    from officegrid.worker.fetch import blob_fetcher
+
+    start = time.monotonic()
+    with client(server, token, ca) as c:
+        rid = c.release(channel)["id"]
+        store = ContentStore(cache or to.resolve().parent / f".{to.name}.officegrid-cache")
+        stats = pull_into(rid, to, cache=store, fetch=blob_fetcher(c))
+        received = c.bytes_received
+    err.print(f"release {rid[:12]} -> {to}: {stats.files_written} files written, "
+              f"{stats.chunks_fetched} chunks + {stats.manifests_fetched} manifests fetched, "
+              f"{received:,} bytes received, {time.monotonic() - start:.2f}s")
+    out.print(rid)

@@ -1,0 +1,41 @@
+"""``officegrid worker``: run a worker agent on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from officegrid import logs
+from officegrid.cli.common import handle_errors
+from officegrid.config import WorkerSettings, load
+
+
+@handle_errors
+def worker(
+    server: str = typer.Option(None, "--server", "-s", envvar="OFFICEGRID_SERVER",
+                               help="server URL [default: http://127.0.0.1:8765]"),
+    token: str = typer.Option(None, "--token", "-t", envvar="OFFICEGRID_WORKER_TOKEN",
+                              help="this worker's own token (from `token create --worker`)"),
+    enroll: str = typer.Option(None, "--enroll", envvar="OFFICEGRID_ENROLL",
+                               help="join token: register this machine on first start"),
+    name: str = typer.Option(None, "--name", help="worker name at enrollment [default: host]"),
+    work_dir: Path = typer.Option(None, "--work-dir", help="identity, caches, unit files "
+                                  "[default: the user data dir]"),
+    slots: int = typer.Option(None, "--slots", help="units run at once [default: 1]"),
+    python: str = typer.Option(None, "--python", help="interpreter for units "
+                               "[default: this one]"),
+    ca: Path = typer.Option(None, "--ca", envvar="OFFICEGRID_CA", help="CA file to verify TLS"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+) -> None:
+    """Run a worker agent: lease units, run them at lowest priority, report results."""
+    from officegrid.worker.supervisor import run_agent
+
+    logs.setup("DEBUG" if verbose > 1 else "INFO" if verbose else None)
+    settings = load(WorkerSettings, "worker", {
+        "server": server, "token": token, "enroll": enroll, "name": name,
+        "work_dir": work_dir, "slots": slots, "python": python, "ca": ca},
+        env_skip=frozenset({"token", "server", "enroll", "ca", "name"}))
+    if settings.slots < 1:
+        raise ValueError(f"--slots must be >= 1, got {settings.slots}")
+    raise typer.Exit(run_agent(settings))

@@ -1,0 +1,121 @@
+"""Bulk bytes: content-addressed zstd blobs (unit inputs, results, logs, release files)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import blake3
+import zstandard
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import FileResponse
+
+from officegrid import protocol as p
+from officegrid.cas import BlobError, BlobMissing, check_hash
+from officegrid.server.auth import admin_or_worker, ctx_of
+
+router = APIRouter(dependencies=[Depends(admin_or_worker)])
+
+MAX_BATCH_BYTES = 64 << 20  # one fetch batch answer stays below this (compressed)
+
+
+def _bad(message: str) -> HTTPException:
+    return HTTPException(422, detail={"code": p.E_INVALID, "message": message})
+
+
+@router.post("/blobs/missing", response_model=p.BlobsMissing)
+async def missing(body: p.BlobsQuery, request: Request) -> p.BlobsMissing:
+    """Which of these blobs the server lacks (one round trip per batch)."""
+    ctx = ctx_of(request)
+    try:
+        for h in body.hashes:
+            check_hash(h)
+    except BlobError as exc:
+        raise _bad(str(exc)) from None
+    return p.BlobsMissing(missing=await ctx.run(ctx.blobs.missing, body.hashes))
+
+
+@router.put("/blobs/{digest}", response_model=p.Ack)
+async def put_blob(digest: str, request: Request) -> p.Ack:
+    """Store one zstd frame named by the blake3 of its uncompressed content.
+
+    The body is streamed to a temporary file, then decompressed and hashed; only a verified
+    blob is renamed into place (fsynced), so a cut-off upload is never used.
+    """
+    ctx = ctx_of(request)
+    try:
+        check_hash(digest)
+    except BlobError as exc:
+        raise _bad(str(exc)) from None
+    if await ctx.run(ctx.blobs.has, digest):
+        async for _ in request.stream():
+            pass
+        return p.Ack(detail="present")
+    fd, tmp = ctx.blobs.temp_file()
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            async for piece in request.stream():
+                await ctx.run(fh.write, piece)
+
+        def verify() -> None:
+            hasher = blake3.blake3()
+            with open(tmp, "rb") as fh:
+                reader = zstandard.ZstdDecompressor().stream_reader(fh)
+                while True:
+                    data = reader.read(1 << 20)
+                    if not data:
+                        break
+                    hasher.update(data)
+            if hasher.hexdigest() != digest:
+                raise BlobError(f"uploaded content hashes to {hasher.hexdigest()}, not {digest}")
+            ctx.blobs.put_file(digest, tmp)
+
+        try:
+            await ctx.run(verify)
+        except (BlobError, zstandard.ZstdError) as exc:
+            raise _bad(f"blob {digest} rejected: {exc}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return p.Ack(detail="stored")
+
+
+@router.get("/blobs/{digest}")
+async def get_blob(digest: str, request: Request) -> Response:
+    """One blob as its stored zstd frame."""
+    ctx = ctx_of(request)
+    try:
+        path = ctx.blobs.path(digest)
+    except BlobError as exc:
+        raise _bad(str(exc)) from None
+    if not path.is_file():
+        raise HTTPException(404, detail={"code": p.E_NOT_FOUND, "message": f"no blob {digest}"})
+    return FileResponse(path, media_type=p.ZSTD)
+
+
+@router.post("/blobs/fetch")
+async def fetch_blobs(body: p.BlobsQuery, request: Request) -> Response:
+    """Several blobs in one answer (``protocol.encode_blob_batch``), in the order asked.
+
+    Raises 404 naming the first missing blob; 413 if the batch would exceed 64 MiB.
+    """
+    ctx = ctx_of(request)
+
+    def gather():
+        items, size = [], 0
+        for h in body.hashes:
+            frame = ctx.blobs.read_frame(check_hash(h))
+            size += len(frame)
+            if size > MAX_BATCH_BYTES:
+                raise HTTPException(413, detail={"code": p.E_INVALID,
+                                                 "message": "batch too large: ask for fewer"})
+            items.append((h, frame))
+        return p.encode_blob_batch(items)
+
+    try:
+        data = await ctx.run(gather)
+    except BlobMissing as exc:
+        raise HTTPException(404, detail={"code": p.E_NOT_FOUND, "message": str(exc)}) from None
+    except BlobError as exc:
+        raise _bad(str(exc)) from None
+    return Response(content=data, media_type=p.BLOB_BATCH)

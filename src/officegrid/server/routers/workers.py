@@ -1,0 +1,191 @@
+"""The worker side of the API: sessions, leases (long poll), heartbeats and reports.
+
+Workers only ever pull. A lease request is held open up to ``wait`` seconds while there is no
+work; the answer then carries retry-after (workers add jitter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+
+from officegrid import protocol as p
+from officegrid.server.auth import Principal, admin, ctx_of, worker, worker_session
+from officegrid.server.store import units as units_q
+from officegrid.server.store import workers as workers_q
+from officegrid.server.store.common import NotFound
+
+router = APIRouter()
+
+
+@router.post("/session", response_model=p.SessionResponse)
+async def open_session(body: p.SessionRequest, request: Request,
+                       who: Principal = Depends(worker)) -> p.SessionResponse:
+    """Bind this worker identity to the calling agent run (header X-Officegrid-Instance).
+
+    409 ``identity_in_use`` if another agent run with the same identity is live: a work dir
+    copied to another machine must re-enroll.
+    """
+    ctx = ctx_of(request)
+    instance = request.headers.get(p.INSTANCE_HEADER)
+    if not instance:
+        raise HTTPException(422, detail={"code": p.E_INVALID,
+                                         "message": f"missing {p.INSTANCE_HEADER} header"})
+    now = ctx.now()
+    s = ctx.settings
+    info = {"hostname": body.hostname, "platform": body.platform, "version": body.version,
+            "resources": json.dumps(body.resources.model_dump())}
+    await ctx.tx(workers_q.open_session, who.worker["id"], instance, now,
+                 s.lease_seconds, info)
+    return p.SessionResponse(worker_id=who.worker["id"], name=who.worker["name"],
+                             lease_seconds=s.lease_seconds,
+                             heartbeat_interval=s.heartbeat_interval, server_time=now)
+
+
+@router.post("/lease", response_model=p.LeaseResponse)
+async def lease(body: p.LeaseRequest, request: Request, response: Response,
+                who: Principal = Depends(worker_session)) -> p.LeaseResponse:
+    """Lease up to ``max_units`` units, waiting up to ``wait`` seconds for work."""
+    ctx = ctx_of(request)
+    s = ctx.settings
+    w = who.worker
+    wait = min(body.wait, s.long_poll_max)
+    deadline = asyncio.get_running_loop().time() + wait
+    skip = frozenset(body.resources.broken_releases)
+    resources = body.resources.model_dump()
+
+    def try_claim():
+        now = ctx.now()
+        with ctx.db.tx() as conn:
+            row = workers_q.get(conn, w["id"])
+            workers_q.touch(conn, w["id"], now, resources=resources)
+            if row["draining"]:
+                return [], "draining: finishing current work, taking no more"
+            if row["sidelined_until"] and row["sidelined_until"] > now:
+                return [], ("sidelined: failed many units of different jobs in a row; "
+                            f"no work for {row['sidelined_until'] - now:.0f}s")
+            leases = units_q.claim(conn, w["id"], body.max_units, now, ctx.policy, skip,
+                                   skip_locked=not ctx.db.is_sqlite)
+            return leases, None
+
+    while True:
+        ctx.work_event.clear()
+        leases, reason = await ctx.run(try_claim)
+        if leases:
+            return p.LeaseResponse(leases=[p.Lease(**x) for x in leases])
+        remaining = deadline - asyncio.get_running_loop().time()
+        if reason or remaining <= 0 or await request.is_disconnected():
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.work_event.wait(), timeout=min(remaining, s.poll_interval))
+    retry = s.idle_retry_after if not reason else min(s.sideline_seconds, 60.0)
+    response.headers[p.RETRY_AFTER] = f"{retry:g}"
+    return p.LeaseResponse(leases=[], retry_after=retry, reason=reason or "no work")
+
+
+@router.post("/heartbeat", response_model=p.HeartbeatResponse)
+async def heartbeat(body: p.Heartbeat, request: Request,
+                    who: Principal = Depends(worker_session)) -> p.HeartbeatResponse:
+    """One heartbeat per worker renews all its leases; tells which attempts to abort."""
+    ctx = ctx_of(request)
+    now = ctx.now()
+    w = who.worker
+
+    def run(conn):
+        workers_q.touch(conn, w["id"], now, body.state, body.reason,
+                        body.resources.model_dump() if body.resources else None)
+        renewed, abort = units_q.heartbeat(conn, w["id"], body.attempts, body.progress, now,
+                                           ctx.policy)
+        drain = workers_q.get(conn, w["id"])["draining"]
+        return renewed, abort, drain
+
+    renewed, abort, drain = await ctx.tx(run)
+    return p.HeartbeatResponse(renewed=renewed, abort=abort, drain=bool(drain),
+                               expires_at=now + ctx.settings.lease_seconds, server_time=now)
+
+
+@router.post("/attempts/{attempt_id}/complete", response_model=p.CompletionResponse)
+async def complete(attempt_id: str, body: p.Completion, request: Request,
+                   who: Principal = Depends(worker_session)) -> p.CompletionResponse:
+    """Record an attempt's result (its blob must be stored first); optionally lease the next.
+
+    409/404/403 for an attempt that failed, was never issued, or is another worker's.
+    """
+    ctx = ctx_of(request)
+    w = who.worker
+    if not await ctx.run(ctx.blobs.has, body.result):
+        raise HTTPException(409, detail={"code": p.E_CONFLICT,
+                                         "message": f"result blob {body.result} is not stored: "
+                                                    "upload it before completing"})
+    now = ctx.now()
+
+    def run(conn):
+        outcome = units_q.complete(conn, attempt_id, w["id"], body.result, body.columns,
+                                   body.records_done, body.record_errors, body.log, now)
+        nxt = None
+        if body.want_next:
+            row = workers_q.get(conn, w["id"])
+            sidelined = row["sidelined_until"] and row["sidelined_until"] > now
+            if not row["draining"] and not sidelined:
+                skip = frozenset(body.resources.broken_releases) if body.resources else frozenset()
+                got = units_q.claim(conn, w["id"], 1, now, ctx.policy, skip,
+                                    skip_locked=not ctx.db.is_sqlite)
+                nxt = got[0] if got else None
+        return outcome, nxt
+
+    outcome, nxt = await ctx.tx(run)
+    return p.CompletionResponse(outcome=outcome, next=p.Lease(**nxt) if nxt else None)
+
+
+@router.post("/attempts/{attempt_id}/fail", response_model=p.Ack)
+async def fail(attempt_id: str, body: p.Failure, request: Request,
+               who: Principal = Depends(worker_session)) -> p.Ack:
+    """Report an attempt that failed (exception/crash/import error)."""
+    ctx = ctx_of(request)
+    res = await ctx.tx(units_q.fail, attempt_id, who.worker["id"], body.kind.value, body.error,
+                       body.log, ctx.now(), ctx.policy)
+    ctx.wake_workers()
+    return p.Ack(detail=json.dumps(res))
+
+
+@router.post("/attempts/{attempt_id}/vacate", response_model=p.Ack)
+async def vacate(attempt_id: str, body: p.Vacate, request: Request,
+                 who: Principal = Depends(worker_session)) -> p.Ack:
+    """Give a unit back without using any budget (owner returned, shutdown)."""
+    ctx = ctx_of(request)
+    state = await ctx.tx(units_q.vacate, attempt_id, who.worker["id"], body.reason, body.log,
+                         ctx.now())
+    ctx.wake_workers()
+    return p.Ack(detail=state)
+
+
+@router.get("/workers", response_model=list[p.WorkerInfo], dependencies=[Depends(admin)])
+async def list_workers(request: Request) -> list[p.WorkerInfo]:
+    """Every worker: state and reason, last heartbeat, the release it runs, its health."""
+    ctx = ctx_of(request)
+    s = ctx.settings
+    rows = await ctx.read(workers_q.list_all, ctx.now(),
+                          max(s.lease_seconds, 3 * s.heartbeat_interval))
+    return [
+        p.WorkerInfo(id=r["id"], name=r["name"], hostname=r["hostname"], platform=r["platform"],
+                     state=r["state"], reason=r["reason"], last_seen=r["last_seen"],
+                     active_units=r["active_units"], release=r["release"],
+                     draining=bool(r["draining"]), sidelined_until=r["sidelined_until"],
+                     consecutive_failures=r["consecutive_failures"], completed=r["completed"],
+                     failed=r["failed"])
+        for r in rows
+    ]
+
+
+@router.post("/workers/{name}/drain", response_model=p.Ack, dependencies=[Depends(admin)])
+async def drain(name: str, request: Request, undo: bool = False) -> p.Ack:
+    """Let a worker finish its current units and take no more (``?undo=true`` reverses)."""
+    ctx = ctx_of(request)
+    try:
+        w = await ctx.tx(workers_q.set_draining, name, not undo)
+    except NotFound:
+        raise
+    return p.Ack(detail=f"worker {w['name']} {'resumed' if undo else 'draining'}")

@@ -1,0 +1,510 @@
+"""Every state transition of a unit and of its attempts, in one place.
+
+Unit states (``protocol.UnitState``)::
+
+    queued ──claim──▶ leased ──complete (first)──▶ done
+      ▲                 │  ├──fail, budget left / vacate / expire──▶ queued
+      │                 │  └──fail or expire, budget spent─────────▶ quarantined ──retry──▶ queued
+      └─────────────────┘     (while another attempt of the unit is active it stays leased)
+    queued ──complete (an attempt whose lease had expired)──▶ done
+    queued | leased ──cancel──▶ cancelled
+
+Attempt states (``protocol.AttemptState``): active → completed | discarded | failed | lost |
+vacated | aborted.
+
+Exactly-once recording (DESIGN.md promise 1): the worker stores the result blob first; then
+:func:`complete` commits the unit's completion with one conditional UPDATE (``WHERE state IN
+(queued, leased)``). The first completion by any attempt issued for the unit while it is open
+wins; any later one is acknowledged and discarded; one for an attempt never issued is refused.
+Lease expiry is judged by the server's clock only (``now`` is always passed in by the server).
+
+Budgets: a unit may fail ``retry_budget`` times and be retried (so it runs at most budget + 1
+times) before it is quarantined; lost leases have their own, larger ``lost_budget``; a vacate
+costs nothing; import failures of a release count per (job, release) and pause the job.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, exists, func, insert, select, update
+
+from officegrid.server.store import workers as workers_q
+from officegrid.server.store.common import Conflict, Forbidden, Invalid, NotFound, dumps
+from officegrid.server.store.schema import (
+    attempts,
+    channels,
+    import_failures,
+    jobs,
+    releases,
+    units,
+)
+
+OPEN = ("queued", "leased")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The numbers transitions depend on (from ServerSettings); durations in seconds."""
+
+    lease_seconds: float
+    import_pause_after: int = 3
+    unhealthy_after: int = 5
+    sideline_seconds: float = 600.0
+    speculative_after: float = 60.0
+
+
+def _new_attempt_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _active_attempts(conn: Connection, unit_id: int) -> int:
+    return conn.execute(
+        select(func.count()).select_from(attempts)
+        .where(attempts.c.unit_id == unit_id, attempts.c.state == "active")
+    ).scalar_one()
+
+
+def _release_for(conn: Connection, row: Any, cache: dict[str, str | None]) -> str | None:
+    if row.pinned_release:
+        return row.pinned_release
+    if row.job_release:
+        return row.job_release
+    if row.channel not in cache:
+        q = select(channels.c.release_id).where(channels.c.name == row.channel)
+        r = conn.execute(q).first()
+        cache[row.channel] = r.release_id if r else None
+    return cache[row.channel]
+
+
+def _lease(row: Any, attempt_id: str, release: str, now: float, policy: Policy,
+           speculative: bool = False) -> dict[str, Any]:
+    return {
+        "attempt": attempt_id, "unit": row.id, "job": row.job_id, "seq": row.seq,
+        "release": release, "entry": row.entry, "input": row.input_blob, "count": row.count,
+        "expires_at": now + policy.lease_seconds, "lease_seconds": policy.lease_seconds,
+        "speculative": speculative,
+    }
+
+
+def _insert_attempt(conn: Connection, unit_id: int, worker_id: int, release: str, now: float,
+                    policy: Policy, speculative: bool) -> str:
+    attempt_id = _new_attempt_id()
+    conn.execute(
+        insert(attempts).values(id=attempt_id, unit_id=unit_id, worker_id=worker_id,
+                                release_id=release, state="active", speculative=speculative,
+                                leased_at=now, expires_at=now + policy.lease_seconds, progress=0)
+    )
+    return attempt_id
+
+
+def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
+          skip_releases: frozenset[str] = frozenset(), skip_locked: bool = False
+          ) -> list[dict[str, Any]]:
+    """Lease up to ``n`` queued units to ``worker_id`` (queued → leased); return Lease dicts.
+
+    Order: job priority (high first), then job id, then unit sequence. Units this worker already
+    failed are offered only when nothing else is left, so one bad host cannot burn a unit's whole
+    retry budget by itself. A unit of a job that follows a channel gets the release the channel
+    points to now. ``skip_locked`` (PostgreSQL) lets several server processes claim concurrently
+    without waiting on each other.
+    """
+    cols = (units.c.id, units.c.job_id, units.c.seq, units.c.input_blob, units.c.count,
+            units.c.pinned_release, jobs.c.entry, jobs.c.channel,
+            jobs.c.release_id.label("job_release"))
+    failed_here = exists().where(attempts.c.unit_id == units.c.id,
+                                 attempts.c.worker_id == worker_id,
+                                 attempts.c.state == "failed")
+    rows: list[Any] = []
+    for avoid_failed in (True, False):
+        q = (
+            select(*cols).join(jobs, jobs.c.id == units.c.job_id)
+            .where(units.c.state == "queued", jobs.c.state == "running")
+            .order_by(jobs.c.priority.desc(), units.c.job_id, units.c.seq)
+            .limit(n + len(skip_releases) * 4)
+        )
+        if avoid_failed:
+            q = q.where(~failed_here)
+        if skip_locked:
+            q = q.with_for_update(of=units, skip_locked=True)
+        rows = conn.execute(q).all()
+        if rows:
+            break
+    leases: list[dict[str, Any]] = []
+    cache: dict[str, str | None] = {}
+    for row in rows:
+        if len(leases) >= n:
+            break
+        release = _release_for(conn, row, cache)
+        if release is None or release in skip_releases:
+            continue
+        res = conn.execute(
+            update(units).where(units.c.id == row.id, units.c.state == "queued")
+            .values(state="leased", leased_at=now)
+        )
+        if res.rowcount != 1:
+            continue
+        attempt_id = _insert_attempt(conn, row.id, worker_id, release, now, policy, False)
+        leases.append(_lease(row, attempt_id, release, now, policy))
+    if not leases:
+        spec = claim_speculative(conn, worker_id, now, policy, skip_locked)
+        if spec:
+            leases.append(spec)
+    return leases
+
+
+def claim_speculative(conn: Connection, worker_id: int, now: float, policy: Policy,
+                      skip_locked: bool = False) -> dict[str, Any] | None:
+    """Near a job's end, give an idle worker a second copy of its oldest slow unit.
+
+    Eligible: a leased unit of a running job with no queued units left, leased longer than
+    ``speculative_after`` seconds ago, with exactly one active attempt, never tried by this
+    worker. The copy runs the release of the running attempt; the first completion wins.
+    """
+    a2 = attempts.alias("a2")
+    u2 = units.alias("u2")
+    active_count = (
+        select(func.count()).select_from(a2)
+        .where(a2.c.unit_id == units.c.id, a2.c.state == "active").scalar_subquery()
+    )
+    q = (
+        select(units.c.id, units.c.job_id, units.c.seq, units.c.input_blob, units.c.count,
+               jobs.c.entry)
+        .join(jobs, jobs.c.id == units.c.job_id)
+        .where(
+            units.c.state == "leased", jobs.c.state == "running",
+            units.c.leased_at < now - policy.speculative_after,
+            ~exists().where(u2.c.job_id == units.c.job_id, u2.c.state == "queued"),
+            ~exists().where(a2.c.unit_id == units.c.id, a2.c.worker_id == worker_id),
+            active_count == 1,
+        )
+        .order_by(units.c.leased_at)
+        .limit(1)
+    )
+    if skip_locked:
+        q = q.with_for_update(of=units, skip_locked=True)
+    row = conn.execute(q).first()
+    if row is None:
+        return None
+    release = conn.execute(
+        select(attempts.c.release_id)
+        .where(attempts.c.unit_id == row.id, attempts.c.state == "active")
+    ).scalar_one()
+    attempt_id = _insert_attempt(conn, row.id, worker_id, release, now, policy, True)
+    return _lease(row, attempt_id, release, now, policy, speculative=True)
+
+
+def _attempt_for(conn: Connection, attempt_id: str, worker_id: int) -> Any:
+    a = conn.execute(select(attempts).where(attempts.c.id == attempt_id)).first()
+    if a is None:
+        raise NotFound(f"attempt {attempt_id!r} was never issued")
+    if a.worker_id != worker_id:
+        raise Forbidden(f"attempt {attempt_id} was issued to another worker")
+    return a
+
+
+def complete(conn: Connection, attempt_id: str, worker_id: int, result_blob: str,
+             columns: list[str], records_done: int, record_errors: int, log_blob: str | None,
+             now: float) -> str:
+    """Record an attempt's result; return ``"accepted"`` or ``"discarded"``.
+
+    The result blob must already be stored. Idempotent: repeating an accepted completion
+    returns ``"accepted"`` again without a second effect.
+
+    Raises:
+        NotFound: the attempt was never issued (a forged or mistyped id).
+        Forbidden: the attempt belongs to another worker.
+        Conflict: the attempt already reported a failure.
+    """
+    a = _attempt_for(conn, attempt_id, worker_id)
+    if a.state == "completed":
+        return "accepted"
+    if a.state == "failed":
+        raise Conflict(f"attempt {attempt_id} already reported a failure")
+    unit = conn.execute(select(units.c.count, units.c.job_id).where(units.c.id == a.unit_id)).one()
+    if records_done + record_errors != unit.count:
+        # A result must cover the unit's records exactly; anything else is a worker bug.
+        raise Invalid(
+            f"result covers {records_done} records + {record_errors} errors, "
+            f"unit {a.unit_id} has {unit.count} records"
+        )
+    res = conn.execute(
+        update(units).where(units.c.id == a.unit_id, units.c.state.in_(OPEN))
+        .values(state="done", result_blob=result_blob, columns=dumps(columns),
+                release_id=a.release_id, worker_id=worker_id, attempt_id=attempt_id,
+                records_done=records_done, record_errors=record_errors, done_at=now)
+    )
+    if res.rowcount == 1:
+        conn.execute(update(attempts).where(attempts.c.id == attempt_id)
+                     .values(state="completed", finished_at=now, log_blob=log_blob,
+                             progress=records_done + record_errors))
+        # Other copies still running are told to stop at their next heartbeat.
+        conn.execute(update(attempts)
+                     .where(attempts.c.unit_id == a.unit_id, attempts.c.state == "active")
+                     .values(state="aborted", finished_at=now, error="another attempt completed"))
+        conn.execute(delete(import_failures).where(import_failures.c.job_id == unit.job_id,
+                                                   import_failures.c.release_id == a.release_id))
+        workers_q.record_success(conn, worker_id)
+        finalize_job(conn, unit.job_id, now)
+        return "accepted"
+    conn.execute(update(attempts).where(attempts.c.id == attempt_id)
+                 .values(state="discarded", finished_at=now, log_blob=log_blob))
+    return "discarded"
+
+
+def _requeue_or_quarantine(conn: Connection, unit_id: int, now: float, quarantine: bool,
+                           error: str | None) -> str:
+    """Move an open unit with no other active attempt to queued or quarantined."""
+    if _active_attempts(conn, unit_id) > 0:
+        if error is not None:
+            conn.execute(update(units).where(units.c.id == unit_id).values(last_error=error))
+        return "leased"
+    state = "quarantined" if quarantine else "queued"
+    values: dict[str, Any] = {"state": state, "leased_at": None}
+    if error is not None:
+        values["last_error"] = error
+    conn.execute(update(units).where(units.c.id == unit_id, units.c.state.in_(OPEN))
+                 .values(**values))
+    return state
+
+
+def fail(conn: Connection, attempt_id: str, worker_id: int, kind: str, error: str,
+         log_blob: str | None, now: float, policy: Policy) -> dict[str, Any]:
+    """Record a failed attempt; return ``{"unit": new state, "job_paused": bool}``.
+
+    ``kind`` is a ``protocol.FailureKind``. ``crash`` and ``setup`` failures use the unit's retry
+    budget and count against the worker's health; ``import_error`` counts per (job, release)
+    and pauses the job after ``policy.import_pause_after`` failures with no success in between,
+    instead of quarantining every unit. A report for an attempt no longer active is ignored.
+    """
+    a = _attempt_for(conn, attempt_id, worker_id)
+    if a.state != "active":
+        return {"unit": None, "job_paused": False}
+    conn.execute(update(attempts).where(attempts.c.id == attempt_id)
+                 .values(state="failed", finished_at=now, error=error, log_blob=log_blob))
+    unit = conn.execute(select(units).where(units.c.id == a.unit_id)).one()
+    job = conn.execute(select(jobs).where(jobs.c.id == unit.job_id)).one()
+    paused = False
+    workers_q.record_failure(conn, worker_id, job.id, now, policy.unhealthy_after,
+                             policy.sideline_seconds)
+    if unit.state not in OPEN:
+        return {"unit": unit.state, "job_paused": False}
+    if kind == "import_error":
+        key = (import_failures.c.job_id == job.id) & (import_failures.c.release_id == a.release_id)
+        row = conn.execute(select(import_failures.c.failures).where(key)).first()
+        if row is None:
+            conn.execute(insert(import_failures).values(job_id=job.id, release_id=a.release_id,
+                                                        failures=1, last_error=error))
+            count = 1
+        else:
+            count = row.failures + 1
+            conn.execute(update(import_failures).where(key)
+                         .values(failures=count, last_error=error))
+        if count >= policy.import_pause_after and job.state == "running":
+            last = error.strip().splitlines()[-1] if error.strip() else "import failed"
+            conn.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.state == "running")
+                         .values(state="paused",
+                                 reason=f"release {a.release_id[:12]} cannot be imported "
+                                        f"({count} attempts): {last}"))
+            paused = True
+        state = _requeue_or_quarantine(conn, unit.id, now, False, error)
+    else:
+        failures = unit.failures + 1
+        conn.execute(update(units).where(units.c.id == unit.id).values(failures=failures))
+        state = _requeue_or_quarantine(conn, unit.id, now, failures > job.retry_budget, error)
+    finalize_job(conn, job.id, now)
+    return {"unit": state, "job_paused": paused}
+
+
+def vacate(conn: Connection, attempt_id: str, worker_id: int, reason: str,
+           log_blob: str | None, now: float) -> str | None:
+    """The worker gives a unit back (owner returned, shutdown): no budget is used.
+
+    Returns the unit's new state, or None if the attempt was no longer active.
+    """
+    a = _attempt_for(conn, attempt_id, worker_id)
+    if a.state != "active":
+        return None
+    conn.execute(update(attempts).where(attempts.c.id == attempt_id)
+                 .values(state="vacated", finished_at=now, error=reason, log_blob=log_blob))
+    state = conn.execute(select(units.c.state).where(units.c.id == a.unit_id)).scalar_one()
+    if state in OPEN:
+        state = _requeue_or_quarantine(conn, a.unit_id, now, False, None)
+    return state
+
+
+def expire(conn: Connection, now: float, limit: int = 500) -> int:
+    """Mark active attempts whose lease expired (server clock) as lost; requeue their units.
+
+    A unit lost more than its job's ``lost_budget`` times is quarantined. Safe to run from
+    several server processes at once (each attempt is taken by one conditional update).
+    Returns the number of attempts expired.
+    """
+    rows = conn.execute(
+        select(attempts.c.id, attempts.c.unit_id, attempts.c.worker_id)
+        .where(attempts.c.state == "active", attempts.c.expires_at < now)
+        .limit(limit)
+    ).all()
+    n = 0
+    for row in rows:
+        res = conn.execute(
+            update(attempts)
+            .where(attempts.c.id == row.id, attempts.c.state == "active",
+                   attempts.c.expires_at < now)
+            .values(state="lost", finished_at=now, error="lease expired without word from worker")
+        )
+        if res.rowcount != 1:
+            continue
+        n += 1
+        unit = conn.execute(select(units.c.state, units.c.losses, units.c.job_id)
+                            .where(units.c.id == row.unit_id)).one()
+        if unit.state not in OPEN:
+            continue
+        losses = unit.losses + 1
+        budget = conn.execute(select(jobs.c.lost_budget).where(jobs.c.id == unit.job_id)
+                              ).scalar_one()
+        conn.execute(update(units).where(units.c.id == row.unit_id).values(losses=losses))
+        _requeue_or_quarantine(conn, row.unit_id, now, losses > budget,
+                               f"lost {losses} times (worker went silent)")
+        finalize_job(conn, unit.job_id, now)
+    return n
+
+
+def heartbeat(conn: Connection, worker_id: int, attempt_ids: list[str],
+              progress: dict[str, int], now: float, policy: Policy
+              ) -> tuple[list[str], list[str]]:
+    """Renew the leases of the worker's active attempts; return (renewed, abort).
+
+    An attempt is renewed only if it is active, belongs to this worker and its unit is open.
+    Every other named attempt is returned in ``abort``: the worker must stop it (lease lost,
+    job cancelled, or the unit was completed by another attempt).
+    """
+    if not attempt_ids:
+        return [], []
+    rows = conn.execute(
+        select(attempts.c.id, attempts.c.state, units.c.state.label("unit_state"))
+        .join(units, units.c.id == attempts.c.unit_id)
+        .where(attempts.c.id.in_(attempt_ids), attempts.c.worker_id == worker_id)
+    ).all()
+    found = {r.id: r for r in rows}
+    renewed, abort = [], []
+    for aid in attempt_ids:
+        r = found.get(aid)
+        if r is not None and r.state == "active" and r.unit_state in OPEN:
+            renewed.append(aid)
+        else:
+            abort.append(aid)
+            if r is not None and r.state == "active":
+                conn.execute(update(attempts).where(attempts.c.id == aid)
+                             .values(state="aborted", finished_at=now,
+                                     error=f"unit is {r.unit_state}"))
+    if renewed:
+        conn.execute(update(attempts).where(attempts.c.id.in_(renewed))
+                     .values(expires_at=now + policy.lease_seconds))
+        for aid in renewed:
+            if aid in progress:
+                conn.execute(update(attempts).where(attempts.c.id == aid)
+                             .values(progress=int(progress[aid])))
+    return renewed, abort
+
+
+def cancel_job(conn: Connection, job_id: int, now: float) -> int:
+    """Cancel a job: open units → cancelled, their active attempts → aborted.
+
+    Returns the number of units cancelled. Raises NotFound.
+    """
+    job = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    open_units = select(units.c.id).where(units.c.job_id == job_id, units.c.state.in_(OPEN))
+    conn.execute(update(attempts)
+                 .where(attempts.c.unit_id.in_(open_units), attempts.c.state == "active")
+                 .values(state="aborted", finished_at=now, error="job cancelled"))
+    res = conn.execute(update(units).where(units.c.job_id == job_id, units.c.state.in_(OPEN))
+                       .values(state="cancelled", leased_at=None))
+    if job.state in ("running", "paused"):
+        conn.execute(update(jobs).where(jobs.c.id == job_id)
+                     .values(state="cancelled", finished_at=now, reason="cancelled"))
+    return res.rowcount
+
+
+def retry_job(conn: Connection, job_id: int, release: str | None, now: float) -> int:
+    """Requeue a job's quarantined units (budgets reset), optionally on ``release``; resume a
+    paused job. Returns the number of units requeued.
+
+    Raises:
+        NotFound: no such job or release.
+        Invalid: the job was cancelled.
+    """
+    job = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if job.state == "cancelled":
+        raise Invalid(f"job {job_id} was cancelled; submit it again instead")
+    if release is not None and conn.execute(
+            select(releases.c.id).where(releases.c.id == release)).first() is None:
+        raise NotFound(f"no release {release!r}")
+    values: dict[str, Any] = {"state": "queued", "failures": 0, "losses": 0}
+    if release is not None:
+        values["pinned_release"] = release
+    res = conn.execute(update(units)
+                       .where(units.c.job_id == job_id, units.c.state == "quarantined")
+                       .values(**values))
+    if release is not None:
+        conn.execute(update(units).where(units.c.job_id == job_id, units.c.state == "queued")
+                     .values(pinned_release=release))
+    conn.execute(delete(import_failures).where(import_failures.c.job_id == job_id))
+    conn.execute(update(jobs).where(jobs.c.id == job_id)
+                 .values(state="running", reason=None, finished_at=None))
+    finalize_job(conn, job_id, now)
+    return res.rowcount
+
+
+def extend_live_leases(conn: Connection, now: float, grace: float) -> int:
+    """Give every active lease at least ``grace`` seconds from ``now``.
+
+    Used after a server restart or a clock jump, so workers that kept working while the server
+    was away (or while the clock moved) can renew before the reaper judges them lost.
+    """
+    res = conn.execute(
+        update(attempts).where(attempts.c.state == "active",
+                               attempts.c.expires_at < now + grace)
+        .values(expires_at=now + grace)
+    )
+    return res.rowcount
+
+
+def finalize_job(conn: Connection, job_id: int, now: float) -> str | None:
+    """Mark a running or paused job done/failed once none of its units is open."""
+    job = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
+    if job is None or job.state not in ("running", "paused"):
+        return None
+    still_open = conn.execute(
+        select(units.c.id).where(units.c.job_id == job_id, units.c.state.in_(OPEN)).limit(1)
+    ).first()
+    if still_open is not None:
+        return None
+    quarantined = conn.execute(
+        select(units.c.id).where(units.c.job_id == job_id, units.c.state == "quarantined")
+        .limit(1)
+    ).first()
+    state = "failed" if quarantined else "done"
+    reason = "some units were quarantined" if quarantined else None
+    conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state.in_(("running", "paused")))
+                 .values(state=state, finished_at=now, reason=reason))
+    return state
+
+
+def active_attempt_count(conn: Connection) -> int:
+    return conn.execute(
+        select(func.count()).select_from(attempts).where(attempts.c.state == "active")
+    ).scalar_one()
+
+
+def worker_has_active(conn: Connection, worker_id: int) -> bool:
+    return conn.execute(
+        select(attempts.c.id).where(and_(attempts.c.worker_id == worker_id,
+                                         attempts.c.state == "active")).limit(1)
+    ).first() is not None

@@ -1,0 +1,471 @@
+"""The worker agent's supervisor: identity, session, heartbeats, code sync and unit slots.
+
+Threads:
+- one heartbeat thread renews every lease of this worker in one request per interval. The
+  supervisor, never the code that runs the user's function, heartbeats: a CPU-bound or crashing
+  unit cannot make a live worker look dead (dramatiq #692);
+- one thread per slot: lease (long poll) → materialize the release → fetch the input → run the
+  runner child → store the result blob → complete (asking for the next unit in the same call).
+
+Stopping (SIGTERM, Ctrl-C) vacates every running unit at once: the runner is asked to stop, its
+process tree is killed after a short grace, and the unit is given back without using any budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from officegrid import __version__
+from officegrid import protocol as p
+from officegrid.backoff import Backoff
+from officegrid.cas import ContentStore
+from officegrid.client import ApiError, Client
+from officegrid.config import WorkerSettings
+from officegrid.logblob import encode_logs
+from officegrid.worker import processes
+from officegrid.worker.fetch import blob_fetcher
+from officegrid.worker.identity import (
+    AgentError,
+    Identity,
+    default_work_dir,
+    host_info,
+    load_identity,
+    lock_work_dir,
+    save_identity,
+    workdir_id,
+)
+
+log = logging.getLogger("officegrid.worker")
+
+IMPORT_ERROR_EXIT = 3
+SECRET_ENV = ("OFFICEGRID_TOKEN", "OFFICEGRID_ENROLL", "OFFICEGRID_TOKEN_FILE")
+
+
+class Aborted(Exception):
+    """The unit was taken away (lease lost, job cancelled, done elsewhere) or the agent stops."""
+
+
+class RunningUnit:
+    """One attempt being executed by a slot."""
+
+    def __init__(self, lease: p.Lease) -> None:
+        self.lease = lease
+        self.abort = threading.Event()
+        self.abort_reason = ""
+        self.progress = 0
+        self.proc: Any = None
+
+
+class Agent:
+    """A worker agent bound to one work dir.
+
+    Args:
+        settings: worker settings (server URL, token or join token, work dir, slots...).
+    """
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.work_dir = (settings.work_dir or default_work_dir()).resolve()
+        self.instance = uuid.uuid4().hex
+        self.stopping = threading.Event()
+        self.draining = False
+        self.running: dict[str, RunningUnit] = {}
+        self.lock = threading.Lock()
+        self.release_locks: dict[str, threading.Lock] = {}
+        self.backoff = Backoff(settings.backoff_base, settings.backoff_cap)
+        self.fatal: str | None = None
+        self.state_reason: str | None = None
+        self.heartbeat_interval = 10.0
+        self.client: Client | None = None
+
+    # ------------------------------------------------------------------ start-up
+
+    def _identity(self) -> Identity:
+        s = self.settings
+        ident = load_identity(self.work_dir)
+        if ident is not None and s.token and ident.token != s.token:
+            ident = None  # an explicit token overrides a stored identity
+        if ident is not None:
+            return ident
+        hostname, plat = host_info()
+        if s.token:
+            with Client(s.server, s.token, ca=s.ca, instance=self.instance) as c:
+                sess = c.open_session(self._session_request())
+            ident = Identity(server=s.server, worker_id=sess.worker_id, name=sess.name,
+                             token=s.token)
+        elif s.enroll:
+            with Client(s.server, s.enroll, ca=s.ca) as c:
+                res = c.enroll(hostname, plat, s.name)
+            ident = Identity(server=s.server, worker_id=res["worker_id"], name=res["name"],
+                             token=res["token"])
+            log.warning("enrolled as worker %r", ident.name)
+        else:
+            raise AgentError(
+                f"no worker identity in {self.work_dir}: start once with --enroll JOIN_TOKEN "
+                "(from `officegrid token create --enroll`) or --token WORKER_TOKEN"
+            )
+        save_identity(self.work_dir, ident)
+        return ident
+
+    def _session_request(self) -> p.SessionRequest:
+        hostname, plat = host_info()
+        return p.SessionRequest(hostname=hostname, platform=plat, version=__version__,
+                                resources=self._resources())
+
+    def _resources(self) -> p.WorkerResources:
+        releases_dir = self.work_dir / "releases"
+        cached = [d.name for d in releases_dir.iterdir() if len(d.name) == 64] \
+            if releases_dir.is_dir() else []
+        return p.WorkerResources(
+            slots=self.settings.slots, free_disk=shutil.disk_usage(self.work_dir).free,
+            free_memory=psutil.virtual_memory().available, releases=cached)
+
+    def run(self) -> int:
+        """Run until stopped; return the process exit code (0 clean, 3 identity refused)."""
+        lock = lock_work_dir(self.work_dir)
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> int:
+        s = self.settings
+        marker_prefix = f"{workdir_id(self.work_dir)}:"
+        killed = processes.sweep_leftovers(marker_prefix)
+        if killed:
+            log.warning("killed %d leftover unit processes of an earlier agent", len(killed))
+        self.marker_prefix = marker_prefix
+        shutil.rmtree(self.work_dir / "attempts", ignore_errors=True)
+        ident = self._identity()
+        self.ident = ident
+        self.client = Client(ident.server, ident.token, ca=s.ca, instance=self.instance,
+                             max_retry_time=None, backoff=self.backoff)
+        self.cache = ContentStore(self.work_dir / "cache")
+        self.cache.sweep_temp()
+        try:
+            sess = self.client.open_session(self._session_request())
+        except ApiError as exc:
+            raise AgentError(exc.message) from exc
+        self.heartbeat_interval = sess.heartbeat_interval
+        print(f"officegrid worker {ident.name!r} serving {ident.server} with {s.slots} slot(s) "
+              f"(work dir {self.work_dir})", file=sys.stderr, flush=True)
+        self._install_signals()
+        hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        hb.start()
+        slots = [threading.Thread(target=self._slot_loop, args=(i,), name=f"slot-{i}",
+                                  daemon=True) for i in range(s.slots)]
+        for t in slots:
+            t.start()
+        stop_seen: float | None = None
+        while any(t.is_alive() for t in slots):
+            for t in slots:
+                t.join(timeout=0.2)
+            if self.stopping.is_set():
+                # Slots blocked in a long poll hold no unit: do not wait out the poll.
+                stop_seen = stop_seen or time.monotonic()
+                with self.lock:
+                    busy = bool(self.running)
+                if not busy and time.monotonic() - stop_seen > 1.0:
+                    break
+        self.stopping.set()
+        hb.join(timeout=5)
+        self.client.close()
+        if self.fatal:
+            print(f"officegrid worker: {self.fatal}", file=sys.stderr, flush=True)
+            return 3
+        return 0
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_signal(signum, _frame):
+            log.warning("signal %s: vacating running units and stopping", signum)
+            self.stop("agent stopping")
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def stop(self, reason: str = "agent stopping") -> None:
+        """Vacate every running unit and stop (safe from signal handlers and other threads)."""
+        self.stopping.set()
+        with self.lock:
+            for ru in self.running.values():
+                ru.abort_reason = reason
+                ru.abort.set()
+
+    def _die(self, message: str) -> None:
+        self.fatal = message
+        self.stop("identity refused")
+
+    # ------------------------------------------------------------------ heartbeats
+
+    def _heartbeat_loop(self) -> None:
+        assert self.client is not None
+        hb_client = Client(self.ident.server, self.ident.token, ca=self.settings.ca,
+                           instance=self.instance,
+                           max_retry_time=max(1.0, self.heartbeat_interval))
+        try:
+            while not self.stopping.wait(self.heartbeat_interval):
+                with self.lock:
+                    attempts = list(self.running)
+                    progress = {a: ru.progress for a, ru in self.running.items()}
+                state = "running" if attempts else ("draining" if self.draining else "idle")
+                try:
+                    res = hb_client.heartbeat(p.Heartbeat(
+                        attempts=attempts, state=state, reason=self.state_reason,
+                        progress=progress))
+                except ApiError as exc:
+                    if exc.code == p.E_REENROLL or exc.status == 401:
+                        self._die(exc.message)
+                        return
+                    log.warning("heartbeat failed: %s", exc)
+                    continue
+                self.draining = res.drain
+                with self.lock:
+                    for a in res.abort:
+                        ru = self.running.get(a)
+                        if ru is not None:
+                            ru.abort_reason = "the server withdrew the unit"
+                            ru.abort.set()
+        finally:
+            hb_client.close()
+
+    # ------------------------------------------------------------------ slots
+
+    def _slot_loop(self, slot: int) -> None:
+        assert self.client is not None
+        s = self.settings
+        next_lease: p.Lease | None = None
+        while not self.stopping.is_set():
+            lease = next_lease
+            next_lease = None
+            if lease is None:
+                if self.draining:
+                    self.state_reason = "draining"
+                    self.stopping.wait(self.heartbeat_interval)
+                    continue
+                try:
+                    res = self.client.lease(p.LeaseRequest(resources=self._resources(),
+                                                           max_units=1, wait=s.lease_wait))
+                except ApiError as exc:
+                    if exc.code == p.E_REENROLL or exc.status in (401, 403):
+                        self._die(exc.message)
+                        return
+                    log.warning("lease request failed: %s", exc)
+                    self.stopping.wait(self.backoff.next_delay())
+                    continue
+                if not res.leases:
+                    self.state_reason = res.reason
+                    if res.reason and res.reason.startswith("draining"):
+                        self.draining = True
+                    self.stopping.wait(self.backoff.jitter(res.retry_after or 1.0, 0.5))
+                    continue
+                self.state_reason = None
+                lease = res.leases[0]
+            if self.stopping.is_set():
+                self._vacate_unstarted(lease)
+                return
+            try:
+                next_lease = self._run_lease(lease)
+            except ApiError as exc:
+                if exc.code == p.E_REENROLL or exc.status == 401:
+                    self._die(exc.message)
+                    return
+                log.warning("unit %s: server refused a report: %s", lease.unit, exc)
+            except Exception:
+                log.exception("slot %d: unexpected error on unit %s", slot, lease.unit)
+                self.stopping.wait(self.backoff.next_delay())
+
+    def _vacate_unstarted(self, lease: p.Lease) -> None:
+        assert self.client is not None
+        try:
+            self.client.vacate(lease.attempt, p.Vacate(reason="agent stopping"))
+        except ApiError as exc:
+            log.warning("vacate of unit %s not acknowledged: %s", lease.unit, exc)
+
+    def _run_lease(self, lease: p.Lease) -> p.Lease | None:
+        """Execute one lease end to end; return the next lease if the server gave one."""
+        assert self.client is not None
+        ru = RunningUnit(lease)
+        with self.lock:
+            self.running[lease.attempt] = ru
+        attempt_dir = self.work_dir / "attempts" / lease.attempt
+        try:
+            attempt_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                release_dir = self._ensure_release(lease.release)
+                (attempt_dir / "input.jsonl").write_bytes(self.client.get_blob(lease.input))
+            except ApiError as exc:
+                if exc.status in (401, 409) or exc.code == p.E_REENROLL:
+                    raise
+                return self._report_failure(ru, p.FailureKind.setup,
+                                            f"could not fetch the unit's code or input: {exc}",
+                                            attempt_dir)
+            except Exception as exc:
+                return self._report_failure(ru, p.FailureKind.setup,
+                                            f"could not prepare the unit: {exc!r}", attempt_dir)
+            return self._execute(ru, release_dir, attempt_dir)
+        finally:
+            with self.lock:
+                self.running.pop(lease.attempt, None)
+            shutil.rmtree(attempt_dir, ignore_errors=True)
+
+    def _ensure_release(self, release_id: str) -> Path:
+        from officegrid.sync.materialize import materialize
+
+        dest = self.work_dir / "releases" / release_id
+        with self.lock:
+            rlock = self.release_locks.setdefault(release_id, threading.Lock())
+        with rlock:
+            assert self.client is not None
+            stats = materialize(release_id, dest, cache=self.cache,
+                                fetch=blob_fetcher(self.client))
+            if not stats.already_present:
+                log.info("release %s: fetched %d manifests, %d chunks, %d bytes",
+                         release_id[:12], stats.manifests_fetched, stats.chunks_fetched,
+                         stats.bytes_fetched)
+        return dest
+
+    def _execute(self, ru: RunningUnit, release_dir: Path, attempt_dir: Path) -> p.Lease | None:
+        s = self.settings
+        lease = ru.lease
+        spec = {
+            "release_dir": str(release_dir), "entry": lease.entry, "input": "input.jsonl",
+            "output": "output.jsonl", "log": "attempt.log", "attempt_id": lease.attempt,
+            "unit_id": lease.unit, "job_id": lease.job, "release_id": lease.release,
+            "worker": self.ident.name, "progress_interval": s.progress_interval, "extra": {},
+        }
+        spec_path = attempt_dir / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        marker = f"{self.marker_prefix}{lease.attempt}"
+        proc = processes.spawn_runner(s.python or sys.executable, spec_path, attempt_dir,
+                                      attempt_dir / "stderr.log", env, marker)
+        ru.proc = proc
+        final: dict | None = None
+        import_error: str | None = None
+        try:
+            while True:
+                if ru.abort.is_set():
+                    proc.request_stop()
+                    proc.kill_tree(grace=s.vacate_grace)
+                    break
+                msg = proc.read_message(timeout=0.2)
+                if msg is None:
+                    if proc.wait(timeout=0) is not None:
+                        # Drain what the runner wrote before it exited.
+                        while (msg := proc.read_message(timeout=0.1)) is not None:
+                            final, import_error = self._on_message(ru, msg, final, import_error)
+                        break
+                    continue
+                final, import_error = self._on_message(ru, msg, final, import_error)
+            code = proc.wait(timeout=30)
+        finally:
+            proc.kill_tree(grace=0)
+            proc.close()
+        logs = {"stdout": attempt_dir / "stdout.log", "stderr": attempt_dir / "stderr.log",
+                "log": attempt_dir / "attempt.log"}
+        if ru.abort.is_set():
+            return self._give_back(ru, attempt_dir, logs)
+        if import_error is not None or code == IMPORT_ERROR_EXIT:
+            return self._report_failure(ru, p.FailureKind.import_error,
+                                        import_error or "the release could not be imported",
+                                        attempt_dir)
+        if code != 0 or final is None or final.get("type") != "done":
+            return self._report_failure(ru, p.FailureKind.crash, _crash_text(code, attempt_dir),
+                                        attempt_dir)
+        return self._complete(ru, attempt_dir, logs)
+
+    @staticmethod
+    def _on_message(ru: RunningUnit, msg: dict, final: dict | None,
+                    import_error: str | None) -> tuple[dict | None, str | None]:
+        kind = msg.get("type")
+        if kind == "progress":
+            ru.progress = int(msg.get("done", 0))
+        elif kind in ("done", "stopped"):
+            ru.progress = int(msg.get("done", 0))
+            final = msg
+        elif kind == "import_error":
+            import_error = str(msg.get("error", ""))
+        return final, import_error
+
+    def _complete(self, ru: RunningUnit, attempt_dir: Path, logs: dict[str, Path]
+                  ) -> p.Lease | None:
+        from officegrid.records.units import summarize_result
+
+        assert self.client is not None
+        data = (attempt_dir / "output.jsonl").read_bytes()
+        summary = summarize_result(data)
+        result = self.client.put_blob(data)
+        log_blob = self.client.put_blob(encode_logs(logs))
+        res = self.client.complete(ru.lease.attempt, p.Completion(
+            result=result, records_done=summary.records - summary.errors,
+            record_errors=summary.errors, columns=summary.columns, log=log_blob,
+            want_next=not (self.stopping.is_set() or self.draining),
+            resources=self._resources()))
+        if res.outcome != "accepted":
+            log.info("unit %s: another attempt completed first; result discarded", ru.lease.unit)
+        return res.next
+
+    def _report_failure(self, ru: RunningUnit, kind: p.FailureKind, error: str,
+                        attempt_dir: Path) -> None:
+        assert self.client is not None
+        logs = {"stdout": attempt_dir / "stdout.log", "stderr": attempt_dir / "stderr.log",
+                "log": attempt_dir / "attempt.log"}
+        log_blob = self.client.put_blob(encode_logs(logs))
+        self.client.fail(ru.lease.attempt, p.Failure(kind=kind, error=error[-20000:],
+                                                     log=log_blob))
+        log.info("unit %s failed (%s)", ru.lease.unit, kind.value)
+        return None
+
+    def _give_back(self, ru: RunningUnit, attempt_dir: Path, logs: dict[str, Path]) -> None:
+        assert self.client is not None
+        if ru.abort_reason == "the server withdrew the unit" or self.fatal:
+            return None  # nothing to report: the server already moved on
+        try:
+            log_blob = self.client.put_blob(encode_logs(logs))
+            self.client.vacate(ru.lease.attempt, p.Vacate(reason=ru.abort_reason or "vacate",
+                                                          log=log_blob))
+        except ApiError as exc:
+            log.warning("vacate of unit %s not acknowledged: %s", ru.lease.unit, exc)
+        return None
+
+
+def _crash_text(code: int | None, attempt_dir: Path) -> str:
+    if code is None:
+        what = "did not exit"
+    elif code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        what = f"was killed by signal {name}"
+    else:
+        what = f"exited with code {code}"
+    try:
+        tail = (attempt_dir / "stderr.log").read_text(errors="replace")[-4000:]
+    except OSError:
+        tail = ""
+    return f"the unit's process {what}" + (f"; stderr:\n{tail}" if tail.strip() else "")
+
+
+def run_agent(settings: WorkerSettings) -> int:
+    """Start an agent with ``settings`` and run it until it stops; return the exit code."""
+    try:
+        return Agent(settings).run()
+    except AgentError as exc:
+        print(f"officegrid worker: {exc}", file=sys.stderr, flush=True)
+        return 3

@@ -1,0 +1,589 @@
+"""Worker-side materialization: byte-identical trees, minimal fetching, atomicity, pull_into."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from officegrid import cas
+from officegrid.sync import materialize as mat_mod
+from officegrid.sync.manifest import (
+    DirEntry,
+    FileEntry,
+    ManifestError,
+    diff,
+    encode_manifest,
+    file_entry,
+)
+from officegrid.sync.materialize import (
+    FetchError,
+    MaterializeError,
+    PullError,
+    materialize,
+    pull_into,
+)
+from officegrid.sync.names import UnsafeName, check_name, fold_name
+from officegrid.sync.tree import build_tree, store_tree
+
+MARKERS = {".officegrid-release", ".officegrid-pull"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Server:
+    """A content store standing in for the server, with a fetch function that logs calls."""
+
+    def __init__(self, root: Path) -> None:
+        self.store = cas.ContentStore(root)
+        self.calls: list[list[str]] = []
+        self.fail_after: int | None = None  # raise on the call with this index
+
+    def publish(self, src: Path) -> str:
+        tree = build_tree(src)
+        store_tree(tree, self.store)
+        return tree.root_hash
+
+    def put_manifest(self, entries: Iterable[FileEntry | DirEntry]) -> str:
+        return self.store.put(encode_manifest(entries))
+
+    def fetch(self, hashes: list[str]) -> list[tuple[str, bytes]]:
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise ConnectionError("transfer cut off")
+        self.calls.append(list(hashes))
+        return [(h, self.store.read(h)) for h in hashes if self.store.has(h)]
+
+    @property
+    def fetched(self) -> list[str]:
+        return [h for call in self.calls for h in call]
+
+
+def write(root: Path, rel: str, data: bytes | str = b"x", executable: bool = False) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    path.chmod(0o755 if executable else 0o644)
+
+
+def snapshot(root: Path) -> dict[str, Any]:
+    """relative path -> "dir" or (content, executable), markers at the top level left out."""
+    out: dict[str, Any] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in dirnames:
+            out[os.path.normpath(os.path.join(rel_dir, name))] = "dir"
+        for name in filenames:
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if rel in MARKERS:
+                continue
+            path = Path(dirpath, name)
+            out[rel] = (path.read_bytes(), bool(path.stat().st_mode & stat.S_IXUSR))
+    return out
+
+
+def modes(root: Path) -> set[int]:
+    return {
+        stat.S_IMODE(p.stat().st_mode)
+        for p in root.rglob("*")
+        if p.is_file() and p.name not in MARKERS
+    }
+
+
+def staging_dirs(parent: Path) -> list[Path]:
+    return [p for p in parent.iterdir() if p.name.startswith(".staging-")]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Server:
+    return Server(tmp_path / "server")
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> cas.ContentStore:
+    return cas.ContentStore(tmp_path / "cache")
+
+
+# --------------------------------------------------------------------------- property: round trip
+
+
+def _legal(name: str) -> bool:
+    try:
+        check_name(name)
+    except UnsafeName:
+        return False
+    return name not in {".git", ".venv", "__pycache__", ".officegridignore"} | MARKERS and not (
+        name.endswith(".pyc")
+    )
+
+
+names = st.one_of(
+    st.sampled_from(["a", "B.txt", "run.sh", "with space", "été", "日本", ".hidden", "x.y.z"]),
+    st.text(
+        st.characters(codec="utf-8", categories=("L", "M", "N", "P", "S", "Zs")),
+        min_size=1,
+        max_size=10,
+    ).map(lambda s: unicodedata.normalize("NFC", s)),
+).filter(_legal)
+
+files = st.tuples(
+    st.one_of(st.just(b""), st.binary(max_size=64), st.binary(min_size=1000, max_size=5000)),
+    st.booleans(),
+)
+
+
+def _dir(children: st.SearchStrategy[Any]) -> st.SearchStrategy[list[tuple[str, Any]]]:
+    return st.lists(st.tuples(names, children), max_size=5, unique_by=lambda t: fold_name(t[0]))
+
+
+trees = _dir(st.recursive(files, _dir, max_leaves=15))
+
+
+def make_tree(root: Path, spec: list[tuple[str, Any]]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, node in spec:
+        if isinstance(node, list):
+            make_tree(root / name, node)
+        else:
+            data, executable = node
+            write(root, name, data, executable)
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(first=trees, second=trees)
+def test_roundtrip_materialize_and_pull(
+    first: list[tuple[str, Any]], second: list[tuple[str, Any]]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        server = Server(base / "server")
+        cache = cas.ContentStore(base / "cache")
+        make_tree(base / "src1", first)
+        make_tree(base / "src2", second)
+        r1, r2 = server.publish(base / "src1"), server.publish(base / "src2")
+
+        for rid, src in ((r1, "src1"), (r2, "src2")):
+            dest = base / "releases" / rid
+            stats = materialize(rid, dest, cache=cache, fetch=server.fetch)
+            assert snapshot(dest) == snapshot(base / src)
+            assert modes(dest) <= {0o644, 0o755}
+            assert (dest / ".officegrid-release").read_text().strip() == rid
+            written = sum(1 for v in snapshot(dest).values() if v != "dir")
+            assert stats.files_written == (0 if stats.already_present else written)
+            assert stats.already_present == (rid == r1 == r2 and src == "src2")
+        assert staging_dirs(base / "releases") == []
+
+        target = base / "pulled"
+        pull_into(r1, target, cache=cache, fetch=server.fetch)
+        assert snapshot(target) == snapshot(base / "src1")
+        calls = len(server.calls)
+        pull_into(r2, target, cache=cache, fetch=server.fetch)  # replaces: rsync -a --delete
+        assert snapshot(target) == snapshot(base / "src2")
+        assert (target / ".officegrid-pull").read_text().strip() == r2
+        assert len(server.calls) == calls  # everything was cached already
+        assert sorted(p.name for p in base.iterdir()) == [
+            "cache",
+            "pulled",
+            "releases",
+            "server",
+            "src1",
+            "src2",
+        ]
+
+
+# --------------------------------------------------------------------------- minimal transfer
+
+
+def build_300(root: Path) -> None:
+    for d in range(10):
+        for e in range(3):
+            for f in range(10):
+                body = "".join(f"print({d}, {e}, {f}, {line})\n" for line in range(20))
+                write(root, f"d{d}/e{e}/f{f}.py", body)
+
+
+def test_one_line_edit_fetches_only_the_root_path_and_the_file(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    src = tmp_path / "src"
+    build_300(src)
+    old = server.publish(src)
+    first = materialize(old, tmp_path / "w" / old, cache=cache, fetch=server.fetch)
+    assert first.files_written == 300
+    assert first.manifests_fetched == 1 + 10 + 30
+    assert first.chunks_fetched == 300
+    assert first.fetch_calls == 3 + 2  # 3 levels of manifests, 300 chunks in 2 batches of 256
+
+    path = src / "d3" / "e1" / "f5.py"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[7] = "print('edited')\n"
+    path.write_text("".join(lines))
+    tree = build_tree(src)
+    store_tree(tree, server.store)
+    new = tree.root_hash
+    assert new != old
+
+    server.calls.clear()
+    stats = materialize(new, tmp_path / "w" / new, cache=cache, fetch=server.fetch)
+    manifests = {h for h in tree.manifests if not cache.has(h)}  # none: all fetched by now
+    assert manifests == set()
+    root_bytes = tree.manifests[new]
+    d3 = next(e for e in _entries(root_bytes) if e.name == "d3").hash
+    e1 = next(e for e in _entries(tree.manifests[d3]) if e.name == "e1").hash
+    file_hash = cas.hash_bytes(path.read_bytes())
+    assert server.calls == [[new], [d3], [e1], [file_hash]]
+    assert (stats.manifests_fetched, stats.chunks_fetched, stats.files_written) == (3, 1, 300)
+    expected = sum(len(tree.manifests[h]) for h in (new, d3, e1)) + path.stat().st_size
+    assert stats.bytes_fetched == expected
+    assert stats.bytes_fetched < 6000  # vs rsync's 42.7 KB file list for a similar tree
+    assert snapshot(tmp_path / "w" / new) == snapshot(src)
+
+    result = diff(old, new, server.store.read)
+    assert result.changed == ["d3/e1/f5.py"]
+    assert result.added == [] and result.removed == []
+    assert result.bytes_to_fetch == path.stat().st_size
+
+    # Unchanged release: nothing fetched, whether into a new directory or the existing one.
+    server.calls.clear()
+    again = materialize(new, tmp_path / "w2" / new, cache=cache, fetch=server.fetch)
+    assert server.calls == [] and again.files_written == 300
+    same = materialize(new, tmp_path / "w" / new, cache=cache, fetch=server.fetch)
+    assert server.calls == [] and same.already_present and same.files_written == 0
+
+
+def _entries(data: bytes) -> list[FileEntry | DirEntry]:
+    from officegrid.sync.manifest import parse_manifest
+
+    return parse_manifest(data, where="")
+
+
+def test_batches_respect_batch_size(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    for i in range(5):
+        write(tmp_path / "src", f"f{i}", f"content {i}")
+    rid = server.publish(tmp_path / "src")
+    stats = materialize(rid, tmp_path / "dest", cache=cache, fetch=server.fetch, batch_size=2)
+    assert [len(c) for c in server.calls] == [1, 2, 2, 1]
+    assert stats.fetch_calls == 4
+    with pytest.raises(ValueError, match="batch_size"):
+        materialize(
+            rid,
+            tmp_path / "d2",
+            cache=cas.ContentStore(tmp_path / "c2"),
+            fetch=server.fetch,
+            batch_size=0,
+        )
+
+
+def test_empty_files_need_no_fetch(tmp_path: Path, server: Server, cache: cas.ContentStore) -> None:
+    write(tmp_path / "src", "empty", b"")
+    (tmp_path / "src" / "empty_dir").mkdir()
+    rid = server.publish(tmp_path / "src")
+    stats = materialize(rid, tmp_path / "dest", cache=cache, fetch=server.fetch)
+    assert server.fetched == [rid, cas.hash_bytes(encode_manifest([]))]
+    assert stats.chunks_fetched == 0
+    assert (tmp_path / "dest" / "empty").read_bytes() == b""
+    assert (tmp_path / "dest" / "empty_dir").is_dir()
+
+
+# --------------------------------------------------------------------------- bad servers
+
+
+def test_wrong_bytes_once_are_refetched(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    write(tmp_path / "src", "a.txt", "hello")
+    rid = server.publish(tmp_path / "src")
+    chunk = cas.hash_bytes(b"hello")
+    lied: list[str] = []
+
+    def flaky(hashes: list[str]) -> list[tuple[str, bytes]]:
+        answer = server.fetch(hashes)
+        if chunk in hashes and not lied:
+            lied.append(chunk)
+            return [(h, b"evil" if h == chunk else data) for h, data in answer]
+        return answer
+
+    stats = materialize(rid, tmp_path / "dest", cache=cache, fetch=flaky)
+    assert (tmp_path / "dest" / "a.txt").read_bytes() == b"hello"
+    assert server.calls == [[rid], [chunk], [chunk]]
+    assert stats.chunks_fetched == 1 and stats.fetch_calls == 3
+
+
+def test_wrong_bytes_twice_is_a_clear_error_and_no_dest(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    write(tmp_path / "src", "pkg/a.txt", "hello")
+    rid = server.publish(tmp_path / "src")
+    chunk = cas.hash_bytes(b"hello")
+
+    def liar(hashes: list[str]) -> list[tuple[str, bytes]]:
+        return [(h, b"evil" if h == chunk else d) for h, d in server.fetch(hashes)]
+
+    dest = tmp_path / "w" / "dest"
+    with pytest.raises(FetchError) as info:
+        materialize(rid, dest, cache=cache, fetch=liar)
+    message = str(info.value)
+    assert chunk in message and "pkg/a.txt" in message and "hashes to" in message
+    assert not dest.exists()
+    assert staging_dirs(dest.parent) == []
+    assert not cache.has(chunk)
+
+
+def test_blob_missing_from_answer_twice(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    write(tmp_path / "src", "a.txt", "hello")
+    rid = server.publish(tmp_path / "src")
+    server.store.delete(cas.hash_bytes(b"hello"))
+    with pytest.raises(FetchError, match="not in the server's answer"):
+        materialize(rid, tmp_path / "dest", cache=cache, fetch=server.fetch)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_extra_and_duplicate_blobs_in_answer_are_ignored(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    write(tmp_path / "src", "a.txt", "hello")
+    rid = server.publish(tmp_path / "src")
+    junk = b"unrequested"
+
+    def chatty(hashes: list[str]) -> list[tuple[str, bytes]]:
+        answer = server.fetch(hashes)
+        return answer + answer + [(cas.hash_bytes(junk), junk)]
+
+    stats = materialize(rid, tmp_path / "dest", cache=cache, fetch=chatty)
+    assert stats.chunks_fetched == 1 and stats.manifests_fetched == 1
+    assert not cache.has(cas.hash_bytes(junk))
+
+
+def test_malicious_manifest_refused(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    evil = (
+        b'{"entries":[{"hash":"' + cas.hash_bytes(b"x").encode() + b'","name":"..",'
+        b'"type":"dir"}],"v":1}'
+    )
+    rid = server.store.put(evil)
+    dest = tmp_path / "w" / "dest"
+    with pytest.raises(ManifestError, match=r"'\.\.'"):
+        materialize(rid, dest, cache=cache, fetch=server.fetch)
+    assert not dest.exists() and not (tmp_path / "x").exists()
+
+
+def test_top_level_marker_name_refused(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    chunk = server.store.put(b"fake")
+    rid = server.put_manifest(
+        [file_entry(".officegrid-release", executable=False, size=4, digest=chunk)]
+    )
+    with pytest.raises(MaterializeError, match="reserved"):
+        materialize(rid, tmp_path / "dest", cache=cache, fetch=server.fetch)
+
+
+def test_multi_chunk_file_is_concatenated_and_checked(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    parts = [b"first part,", b"second part,", b"third"]
+    chunks = tuple((server.store.put(p), len(p)) for p in parts)
+    whole = b"".join(parts)
+    good = FileEntry("joined", 0o755, len(whole), cas.hash_bytes(whole), chunks)
+    rid = server.put_manifest([good])
+    materialize(rid, tmp_path / "dest", cache=cache, fetch=server.fetch)
+    assert (tmp_path / "dest" / "joined").read_bytes() == whole
+    assert stat.S_IMODE((tmp_path / "dest" / "joined").stat().st_mode) == 0o755
+
+    wrong = FileEntry("joined", 0o644, len(whole), cas.hash_bytes(b"other" * 5), chunks)
+    rid = server.put_manifest([wrong])
+    with pytest.raises(MaterializeError, match="does not hash"):
+        materialize(rid, tmp_path / "dest2", cache=cache, fetch=server.fetch)
+    assert not (tmp_path / "dest2").exists()
+
+
+def test_corrupt_cache_blob_is_refetched(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    write(tmp_path / "src", "a.txt", "hello")
+    rid = server.publish(tmp_path / "src")
+    materialize(rid, tmp_path / "one", cache=cache, fetch=server.fetch)
+    chunk = cas.hash_bytes(b"hello")
+    cache.path(chunk).write_bytes(cas.compress(b"bitrot"))
+    server.calls.clear()
+    materialize(rid, tmp_path / "two", cache=cache, fetch=server.fetch)
+    assert server.calls == [[chunk]]
+    assert (tmp_path / "two" / "a.txt").read_bytes() == b"hello"
+
+
+# --------------------------------------------------------------------------- interruption
+
+
+def test_interrupted_fetch_leaves_no_dest_and_resumes_from_cache(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    src = tmp_path / "src"
+    for i in range(10):
+        write(src, f"f{i}.txt", f"file {i}")
+    rid = server.publish(src)
+    dest = tmp_path / "w" / rid
+    server.fail_after = 3  # root manifest, 2 chunk batches, then the cut
+    with pytest.raises(ConnectionError):
+        materialize(rid, dest, cache=cache, fetch=server.fetch, batch_size=3)
+    assert not dest.exists()
+    assert staging_dirs(dest.parent) == []
+    server.fail_after = None
+    server.calls.clear()
+    stats = materialize(rid, dest, cache=cache, fetch=server.fetch, batch_size=3)
+    assert stats.manifests_fetched == 0
+    assert stats.chunks_fetched == 4  # 6 of the 10 chunks came before the cut
+    assert snapshot(dest) == snapshot(src)
+
+
+def test_crash_during_assembly_leaves_no_dest(
+    tmp_path: Path, server: Server, cache: cas.ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "src", "a/b.txt", "hello")
+    rid = server.publish(tmp_path / "src")
+    dest = tmp_path / "w" / rid
+
+    def boom(path: Path, release_id: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mat_mod, "_write_marker", boom)
+    with pytest.raises(OSError, match="No space"):
+        materialize(rid, dest, cache=cache, fetch=server.fetch)
+    assert not dest.exists()
+    assert staging_dirs(dest.parent) == []
+    monkeypatch.undo()
+    server.calls.clear()
+    materialize(rid, dest, cache=cache, fetch=server.fetch)
+    assert server.calls == []
+    assert (dest / "a" / "b.txt").read_bytes() == b"hello"
+
+
+def test_leftover_staging_is_removed(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    write(tmp_path / "src", "a.txt", "hello")
+    rid = server.publish(tmp_path / "src")
+    parent = tmp_path / "w"
+    leftover = parent / f".staging-{rid}-deadbeef"
+    write(leftover, "half.txt", "half-written")
+    other = parent / f".staging-{'0' * 64}-cafe"
+    other.mkdir()
+    materialize(rid, parent / rid, cache=cache, fetch=server.fetch)
+    assert not leftover.exists()
+    assert other.exists()  # another release's staging is not ours to remove
+    assert staging_dirs(parent) == [other]
+
+
+def test_existing_foreign_dest_refused(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    write(tmp_path / "src", "a.txt", "hello")
+    rid = server.publish(tmp_path / "src")
+    dest = tmp_path / "dest"
+    write(dest, "user.txt", "mine")
+    with pytest.raises(MaterializeError, match="does not hold"):
+        materialize(rid, dest, cache=cache, fetch=server.fetch)
+    assert (dest / "user.txt").read_text() == "mine"
+    with pytest.raises(MaterializeError, match="not a release id"):
+        materialize("../etc", tmp_path / "x", cache=cache, fetch=server.fetch)
+
+
+# --------------------------------------------------------------------------- pull_into
+
+
+def test_pull_refuses_non_empty_foreign_dir(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    write(tmp_path / "src", "a.txt", "hello")
+    rid = server.publish(tmp_path / "src")
+    target = tmp_path / "home-stuff"
+    write(target, "thesis.docx", "years of work")
+    with pytest.raises(PullError, match=".officegrid-pull"):
+        pull_into(rid, target, cache=cache, fetch=server.fetch)
+    assert (target / "thesis.docx").read_text() == "years of work"
+    assert server.calls == []
+    write(tmp_path, "plain-file", "x")
+    with pytest.raises(PullError, match="not a directory"):
+        pull_into(rid, tmp_path / "plain-file", cache=cache, fetch=server.fetch)
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(PullError, match="symbolic link"):
+        pull_into(rid, tmp_path / "link", cache=cache, fetch=server.fetch)
+
+
+def test_pull_into_empty_dir_then_removes_extra_files(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    write(tmp_path / "src", "keep.txt", "v1")
+    write(tmp_path / "src", "bin/tool", "#!/bin/sh\n", executable=True)
+    rid = server.publish(tmp_path / "src")
+    target = tmp_path / "out"
+    target.mkdir()
+    pull_into(rid, target, cache=cache, fetch=server.fetch)
+    assert snapshot(target) == snapshot(tmp_path / "src")
+    # local changes: an extra file, an edited file, a lost exec bit
+    write(target, "extra/junk.txt", "junk")
+    write(target, "keep.txt", "locally edited")
+    (target / "bin" / "tool").chmod(0o644)
+    server.calls.clear()
+    stats = pull_into(rid, target, cache=cache, fetch=server.fetch)
+    assert snapshot(target) == snapshot(tmp_path / "src")
+    assert server.calls == [] and stats.files_written == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_interrupted_pull_keeps_target_and_cleans_up(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    write(tmp_path / "src1", "a.txt", "one")
+    r1 = server.publish(tmp_path / "src1")
+    write(tmp_path / "src2", "b.txt", "two")
+    r2 = server.publish(tmp_path / "src2")
+    target = tmp_path / "out"
+    pull_into(r1, target, cache=cache, fetch=server.fetch)
+    server.fail_after = len(server.calls) + 1
+    with pytest.raises(ConnectionError):
+        pull_into(r2, target, cache=cache, fetch=server.fetch)
+    assert snapshot(target) == snapshot(tmp_path / "src1")
+    write(tmp_path, ".out.pull-0123-new/half.txt", "leftover of a crash")
+    server.fail_after = None
+    pull_into(r2, target, cache=cache, fetch=server.fetch)
+    assert snapshot(target) == snapshot(tmp_path / "src2")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_pull_into_unnormalized_path(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    write(tmp_path / "src", "a.txt", "hello")
+    rid = server.publish(tmp_path / "src")
+    (tmp_path / "x").mkdir()
+    pull_into(rid, tmp_path / "x" / ".." / "out", cache=cache, fetch=server.fetch)
+    assert (tmp_path / "out" / "a.txt").read_text() == "hello"
+
+
+def test_exploding_tree_of_shared_manifests_refused(
+    tmp_path: Path, server: Server, cache: cas.ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    level = server.put_manifest([])
+    for _ in range(20):  # 20 manifests describing 2**21 directories
+        level = server.put_manifest([DirEntry("a", level), DirEntry("b", level)])
+    monkeypatch.setattr(mat_mod, "MAX_ENTRIES", 5000)
+    with pytest.raises(MaterializeError, match="more than 5000"):
+        materialize(level, tmp_path / "dest", cache=cache, fetch=server.fetch)
+    assert len(server.fetched) <= 21
