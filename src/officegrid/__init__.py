@@ -31,7 +31,7 @@ def batch(size: int = 500):
 
 
 def __getattr__(name: str):
-    # Import lazily: the client pulls in httpx, which job code running under the runner must not need.
+    # Lazy: the client pulls in httpx, which job code running under the runner must not need.
     if name == "Client":
         from officegrid.client import Client
 

@@ -136,8 +136,14 @@ class WorkerResources(Model):
 
 
 class SessionRequest(Model):
-    """Sent once when an agent starts: claims the identity for this instance."""
+    """Sent once when an agent starts: claims the identity for this instance.
 
+    ``nonce`` is the last session nonce this work dir received: an agent restarting on the
+    same work dir proves with it that it is the live session's successor, while a copy of the
+    work dir made earlier (a cloned disk image) holds a stale one.
+    """
+
+    nonce: str | None = None
     hostname: str
     platform: str
     version: str
@@ -145,6 +151,7 @@ class SessionRequest(Model):
 
 
 class SessionResponse(Model):
+    nonce: str
     worker_id: int
     name: str
     lease_seconds: float
@@ -351,6 +358,7 @@ class HeartbeatResponse(Model):
     expires_at: float
     drain: bool = False
     server_time: float
+    nonce: str | None = Field(None, description="the new session nonce to keep in the work dir")
 
 
 class Completion(Model):

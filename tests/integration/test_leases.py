@@ -10,8 +10,8 @@ import json
 import uuid
 
 import pytest
-from grid import wait_for
 
+from grid import wait_for
 from officegrid import protocol as p
 from officegrid.client import ApiError, Client
 
@@ -320,9 +320,8 @@ def test_second_live_session_told_to_reenroll(grid):
     clone = Client(grid.server.url, w.token, instance=uuid.uuid4().hex, max_retry_time=1)
     with pytest.raises(ApiError) as exc:
         clone.open_session(p.SessionRequest(hostname="clone", platform="test", version="t",
-                                            resources=p.WorkerResources()))
-    assert exc.value.code == p.E_REENROLL and "re-enroll" in exc.value.message.lower() or \
-        "enroll" in exc.value.message
+                                            resources=p.WorkerResources(), nonce="stale"))
+    assert exc.value.code == p.E_REENROLL and "enroll" in exc.value.message
     # The clone's lease requests are refused; the original keeps working.
     with pytest.raises(ApiError) as exc:
         clone.lease(p.LeaseRequest(resources=p.WorkerResources()))

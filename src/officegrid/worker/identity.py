@@ -17,6 +17,7 @@ IDENTITY_FILE = "identity.json"
 LOCK_FILE = "agent.lock"
 PID_FILE = "agent.pid"
 WORKDIR_ID_FILE = "workdir.id"
+NONCE_FILE = "session.nonce"
 
 
 class AgentError(Exception):
@@ -65,6 +66,22 @@ def save_identity(work_dir: Path, ident: Identity) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def load_nonce(work_dir: Path) -> str | None:
+    """The last session nonce the server gave this work dir, or None."""
+    try:
+        return (work_dir / NONCE_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def save_nonce(work_dir: Path, nonce: str) -> None:
+    """Keep the latest session nonce (atomic rename; fsync is not needed: a lost update only
+    makes a restart wait for the old session to lapse)."""
+    tmp = work_dir / (NONCE_FILE + ".tmp")
+    tmp.write_text(nonce)
+    os.replace(tmp, work_dir / NONCE_FILE)
 
 
 def workdir_id(work_dir: Path) -> str:

@@ -42,8 +42,10 @@ from officegrid.worker.identity import (
     default_work_dir,
     host_info,
     load_identity,
+    load_nonce,
     lock_work_dir,
     save_identity,
+    save_nonce,
     workdir_id,
 )
 
@@ -103,6 +105,7 @@ class Agent:
         if s.token:
             with Client(s.server, s.token, ca=s.ca, instance=self.instance) as c:
                 sess = c.open_session(self._session_request())
+            save_nonce(self.work_dir, sess.nonce)
             ident = Identity(server=s.server, worker_id=sess.worker_id, name=sess.name,
                              token=s.token)
         elif s.enroll:
@@ -121,8 +124,8 @@ class Agent:
 
     def _session_request(self) -> p.SessionRequest:
         hostname, plat = host_info()
-        return p.SessionRequest(hostname=hostname, platform=plat, version=__version__,
-                                resources=self._resources())
+        return p.SessionRequest(nonce=load_nonce(self.work_dir), hostname=hostname,
+                                platform=plat, version=__version__, resources=self._resources())
 
     def _resources(self) -> p.WorkerResources:
         releases_dir = self.work_dir / "releases"
@@ -158,6 +161,7 @@ class Agent:
             sess = self.client.open_session(self._session_request())
         except ApiError as exc:
             raise AgentError(exc.message) from exc
+        save_nonce(self.work_dir, sess.nonce)
         self.heartbeat_interval = sess.heartbeat_interval
         print(f"officegrid worker {ident.name!r} serving {ident.server} with {s.slots} slot(s) "
               f"(work dir {self.work_dir})", file=sys.stderr, flush=True)
@@ -234,6 +238,8 @@ class Agent:
                     log.warning("heartbeat failed: %s", exc)
                     continue
                 self.draining = res.drain
+                if res.nonce:
+                    save_nonce(self.work_dir, res.nonce)
                 with self.lock:
                     for a in res.abort:
                         ru = self.running.get(a)
@@ -317,7 +323,15 @@ class Agent:
             except Exception as exc:
                 return self._report_failure(ru, p.FailureKind.setup,
                                             f"could not prepare the unit: {exc!r}", attempt_dir)
-            return self._execute(ru, release_dir, attempt_dir)
+            try:
+                return self._execute(ru, release_dir, attempt_dir)
+            except ApiError:
+                raise
+            except Exception as exc:
+                # A bug or a local fault (disk full...) must not leave the lease to expire.
+                log.exception("unit %s: the agent failed running it", lease.unit)
+                return self._report_failure(ru, p.FailureKind.setup,
+                                            f"the worker agent failed: {exc!r}", attempt_dir)
         finally:
             with self.lock:
                 self.running.pop(lease.attempt, None)
@@ -404,16 +418,24 @@ class Agent:
 
     def _complete(self, ru: RunningUnit, attempt_dir: Path, logs: dict[str, Path]
                   ) -> p.Lease | None:
-        from officegrid.records.units import summarize_result
-
         assert self.client is not None
         data = (attempt_dir / "output.jsonl").read_bytes()
-        summary = summarize_result(data)
+        try:
+            records, errors, columns = _summarize(data)
+        except ValueError as exc:
+            return self._report_failure(ru, p.FailureKind.crash,
+                                        f"the runner wrote a malformed result: {exc}",
+                                        attempt_dir)
+        if records != ru.lease.count:
+            return self._report_failure(
+                ru, p.FailureKind.crash,
+                f"the runner wrote {records} result lines for {ru.lease.count} records",
+                attempt_dir)
         result = self.client.put_blob(data)
         log_blob = self.client.put_blob(encode_logs(logs))
         res = self.client.complete(ru.lease.attempt, p.Completion(
-            result=result, records_done=summary.records - summary.errors,
-            record_errors=summary.errors, columns=summary.columns, log=log_blob,
+            result=result, records_done=records - errors,
+            record_errors=errors, columns=columns, log=log_blob,
             want_next=not (self.stopping.is_set() or self.draining),
             resources=self._resources()))
         if res.outcome != "accepted":
@@ -442,6 +464,24 @@ class Agent:
         except ApiError as exc:
             log.warning("vacate of unit %s not acknowledged: %s", ru.lease.unit, exc)
         return None
+
+
+def _summarize(data: bytes) -> tuple[int, int, list[str]]:
+    """(records, record errors, output columns in first-seen order) of a unit result.
+
+    Raises ValueError on a malformed result."""
+    from officegrid.records.units import decode_unit_result
+
+    records = errors = 0
+    columns: dict[str, None] = {}
+    for line in decode_unit_result(data):
+        records += 1
+        if line.error is not None:
+            errors += 1
+        for row in line.rows:
+            for c in row:
+                columns.setdefault(c, None)
+    return records, errors, list(columns)
 
 
 def _crash_text(code: int | None, attempt_dir: Path) -> str:

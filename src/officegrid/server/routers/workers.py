@@ -38,9 +38,9 @@ async def open_session(body: p.SessionRequest, request: Request,
     s = ctx.settings
     info = {"hostname": body.hostname, "platform": body.platform, "version": body.version,
             "resources": json.dumps(body.resources.model_dump())}
-    await ctx.tx(workers_q.open_session, who.worker["id"], instance, now,
-                 s.lease_seconds, info)
-    return p.SessionResponse(worker_id=who.worker["id"], name=who.worker["name"],
+    nonce = await ctx.tx(workers_q.open_session, who.worker["id"], instance, body.nonce, now,
+                         s.lease_seconds, info)
+    return p.SessionResponse(nonce=nonce, worker_id=who.worker["id"], name=who.worker["name"],
                              lease_seconds=s.lease_seconds,
                              heartbeat_interval=s.heartbeat_interval, server_time=now)
 
@@ -94,16 +94,18 @@ async def heartbeat(body: p.Heartbeat, request: Request,
     now = ctx.now()
     w = who.worker
 
+    nonce = workers_q.new_nonce()
+
     def run(conn):
         workers_q.touch(conn, w["id"], now, body.state, body.reason,
-                        body.resources.model_dump() if body.resources else None)
+                        body.resources.model_dump() if body.resources else None, nonce)
         renewed, abort = units_q.heartbeat(conn, w["id"], body.attempts, body.progress, now,
                                            ctx.policy)
         drain = workers_q.get(conn, w["id"])["draining"]
         return renewed, abort, drain
 
     renewed, abort, drain = await ctx.tx(run)
-    return p.HeartbeatResponse(renewed=renewed, abort=abort, drain=bool(drain),
+    return p.HeartbeatResponse(renewed=renewed, abort=abort, drain=bool(drain), nonce=nonce,
                                expires_at=now + ctx.settings.lease_seconds, server_time=now)
 
 

@@ -50,6 +50,7 @@ workers = Table(
     Column("version", String(50)),
     Column("instance", String(64)),  # the live agent run holding this identity
     Column("instance_seen_at", Float),
+    Column("session_nonce", String(32)),  # rotated each heartbeat; a restarted agent proves it
     Column("state", String(32), nullable=False, default="offline"),
     Column("reason", Text),
     Column("last_seen", Float),

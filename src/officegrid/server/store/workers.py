@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -56,30 +57,43 @@ def get(conn: Connection, name_or_id: str | int) -> dict[str, Any]:
     return dict(row._mapping)
 
 
-def open_session(conn: Connection, worker_id: int, instance: str, now: float, live_window: float,
-                 info: dict[str, Any]) -> None:
-    """Bind the identity to agent run ``instance``.
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
+def open_session(conn: Connection, worker_id: int, instance: str, nonce: str | None, now: float,
+                 live_window: float, info: dict[str, Any]) -> str:
+    """Bind the identity to agent run ``instance``; return the new session nonce.
+
+    An agent restarting on the same work dir presents the nonce of the live session (it keeps
+    the latest in its work dir) and takes over at once. A copy of the work dir on another
+    machine holds an older nonce.
 
     Raises:
-        IdentityInUse: another instance was seen within ``live_window`` seconds. Two live agents
-            with one identity are never both served: the newer one is told to re-enroll.
+        IdentityInUse: another instance was seen within ``live_window`` seconds and ``nonce``
+            is not the live session's. Two live agents with one identity are never both served:
+            the newer one is told to re-enroll.
     """
     row = conn.execute(
-        select(workers.c.instance, workers.c.instance_seen_at, workers.c.hostname)
+        select(workers.c.instance, workers.c.instance_seen_at, workers.c.hostname,
+               workers.c.session_nonce)
         .where(workers.c.id == worker_id)
     ).one()
     if (row.instance and row.instance != instance and row.instance_seen_at is not None
-            and row.instance_seen_at > now - live_window):
+            and row.instance_seen_at > now - live_window
+            and (nonce is None or nonce != row.session_nonce)):
         raise IdentityInUse(
             f"this worker identity is in use by another live agent (host {row.hostname!r}, "
             f"seen {now - row.instance_seen_at:.0f}s ago): was the work dir copied from another "
             "machine? Remove its identity.json and enroll this agent with a join token."
         )
+    fresh = new_nonce()
     conn.execute(
         update(workers).where(workers.c.id == worker_id)
         .values(instance=instance, instance_seen_at=now, last_seen=now, state="idle",
-                reason=None, **info)
+                reason=None, session_nonce=fresh, **info)
     )
+    return fresh
 
 
 def check_instance(conn: Connection, worker: dict[str, Any], instance: str | None) -> None:
@@ -92,8 +106,11 @@ def check_instance(conn: Connection, worker: dict[str, Any], instance: str | Non
 
 
 def touch(conn: Connection, worker_id: int, now: float, state: str | None = None,
-          reason: str | None = None, resources: dict | None = None) -> None:
+          reason: str | None = None, resources: dict | None = None,
+          nonce: str | None = None) -> None:
     values: dict[str, Any] = {"last_seen": now, "instance_seen_at": now}
+    if nonce is not None:
+        values["session_nonce"] = nonce
     if state is not None:
         values["state"] = state
         values["reason"] = reason

@@ -126,6 +126,7 @@ def upgrade() -> None:
     sa.Column('version', sa.String(length=50), nullable=True),
     sa.Column('instance', sa.String(length=64), nullable=True),
     sa.Column('instance_seen_at', sa.Float(), nullable=True),
+    sa.Column('session_nonce', sa.String(length=32), nullable=True),
     sa.Column('state', sa.String(length=32), nullable=False),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('last_seen', sa.Float(), nullable=True),
