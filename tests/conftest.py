@@ -85,10 +85,10 @@ class Grid:
         return self.admin.create_token("enroll", uses=uses)["token"]
 
     def worker(self, name: str = "w", slots: int = 1, env: dict | None = None,
-               start: bool = True, **kw) -> WorkerProc:
+               start: bool = True, extra_args: list[str] | None = None) -> WorkerProc:
         w = WorkerProc(self.server.url, self.tmp / f"work-{name}-{len(self.workers)}",
                        enroll=self.enroll_token(), slots=slots, env=env,
-                       extra_args=["--name", name], **kw)
+                       extra_args=["--name", name, *(extra_args or [])])
         self.workers.append(w)
         return w.start() if start else w
 

@@ -43,6 +43,7 @@ async def run_reaper(ctx: ServerContext, stop: asyncio.Event) -> None:
             if n:
                 log.info("expired %d leases", n)
                 ctx.wake_workers()
+            await ctx.tx(units_q.finalize_open_jobs, ctx.now())
             if time.monotonic() - last_gc > s.blob_gc_interval:
                 last_gc = time.monotonic()
                 removed = await ctx.run(collect_blobs, ctx)

@@ -365,6 +365,7 @@ class Agent:
         spec_path = attempt_dir / "spec.json"
         spec_path.write_text(json.dumps(spec))
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep the materialized release as published
         marker = f"{self.marker_prefix}{lease.attempt}"
         proc = processes.spawn_runner(s.python or sys.executable, spec_path, attempt_dir,
                                       attempt_dir / "stderr.log", env, marker)
@@ -374,8 +375,8 @@ class Agent:
         try:
             while True:
                 if ru.abort.is_set():
-                    proc.request_stop()
-                    proc.kill_tree(grace=s.vacate_grace)
+                    # Ask the runner to stop after its current record, then kill the tree.
+                    proc.stop(timeout=s.vacate_grace, kill_grace=1.0)
                     break
                 msg = proc.read_message(timeout=0.2)
                 if msg is None:

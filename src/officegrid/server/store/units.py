@@ -497,6 +497,19 @@ def finalize_job(conn: Connection, job_id: int, now: float) -> str | None:
     return state
 
 
+def finalize_open_jobs(conn: Connection, now: float) -> int:
+    """Finalize running/paused jobs that have no open unit left; return how many.
+
+    Completions finalize their job inline, but under PostgreSQL's READ COMMITTED two concurrent
+    last completions can each still see the other's unit as open; the reaper calls this to close
+    such jobs.
+    """
+    open_units = exists().where(units.c.job_id == jobs.c.id, units.c.state.in_(OPEN))
+    rows = conn.execute(select(jobs.c.id).where(jobs.c.state.in_(("running", "paused")),
+                                                ~open_units)).all()
+    return sum(1 for r in rows if finalize_job(conn, r.id, now))
+
+
 def active_attempt_count(conn: Connection) -> int:
     return conn.execute(
         select(func.count()).select_from(attempts).where(attempts.c.state == "active")
