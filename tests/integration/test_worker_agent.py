@@ -12,8 +12,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from grid import WorkerProc, publish, wait_for, write_csv
 
+from grid import WorkerProc, publish, wait_for, write_csv
 from officegrid.client import Client
 from officegrid.records.units import decode_unit_result
 
@@ -278,9 +278,10 @@ def test_two_servers_share_one_postgresql(tmp_path, pg_db):
     """Two server processes, one database and data dir: no unit is ever leased twice."""
     import threading
 
+    from test_leases import SimWorker, keys_of, make_job, make_release
+
     from conftest import Grid
     from grid import ServerProc
-    from test_leases import SimWorker, keys_of, make_job, make_release
 
     g = Grid(tmp_path, pg_db).start()
     second = ServerProc(g.server.data_dir, pg_db).start()
