@@ -363,3 +363,24 @@ def test_server_restart_gives_live_leases_grace(tmp_path):
         assert w.complete(x, keys_of(x)).outcome == "accepted"
     finally:
         g.close()
+
+
+def test_slow_unit_gets_a_second_copy_near_the_end(tmp_path):
+    from conftest import Grid
+
+    g = Grid(tmp_path, None).start({"OFFICEGRID_SPECULATIVE_AFTER": "0.3",
+                                    "OFFICEGRID_LEASE_SECONDS": "30"})
+    try:
+        make_release(g.admin)
+        job = make_job(g.admin, units=1)
+        slow, idle = SimWorker(g, "slow"), SimWorker(g, "idle")
+        (a,) = slow.lease(1)
+        assert idle.lease(1) == []  # too early for a copy
+        (b,) = wait_for(lambda: idle.lease(1), 30, what="a speculative copy")
+        assert b.speculative and b.unit == a.unit and b.release == a.release
+        assert idle.complete(b, keys_of(b)).outcome == "accepted"
+        assert slow.complete(a, keys_of(a)).outcome == "discarded"
+        assert g.admin.job(job["id"])["state"] == "done"
+        assert g.admin.unit(a.unit)["worker"] == idle.name
+    finally:
+        g.close()
