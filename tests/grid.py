@@ -66,6 +66,7 @@ class ServerProc:
         self.env = base_env(env)
         self.port = port
         self.proc: subprocess.Popen | None = None
+        self.extra: list[str] = []
         self.url = ""
         self.log = data_dir.parent / f"server-{uuid.uuid4().hex[:6]}.log"
 
@@ -76,6 +77,7 @@ class ServerProc:
                "--host", "127.0.0.1", "--port", str(self.port), "--ready-file", str(ready)]
         if self.db:
             cmd += ["--db", self.db]
+        cmd += self.extra
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=open(self.log, "ab"),
                                      stderr=subprocess.STDOUT)
 
