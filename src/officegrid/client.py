@@ -16,6 +16,7 @@ Errors the server reports are raised as :class:`ApiError` with its code and mess
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,7 +84,8 @@ class Client:
         self._timeout = timeout
         self.http = httpx.Client(base_url=self.url + p.API, headers=headers,
                                  timeout=httpx.Timeout(timeout, connect=10.0),
-                                 verify=str(ca) if ca else True)
+                                 verify=ssl.create_default_context(cafile=str(ca)) if ca
+                                 else True)
         self.bytes_sent = 0
         self.bytes_received = 0
 

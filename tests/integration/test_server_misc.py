@@ -8,9 +8,9 @@ import time
 
 import httpx
 import pytest
+
 from conftest import Grid
 from grid import wait_for
-
 from officegrid.client import ApiError, Client
 
 
