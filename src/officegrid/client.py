@@ -282,6 +282,17 @@ class Client:
 
         if unit_size < 1:
             raise ValueError(f"--unit-size must be >= 1, got {unit_size}")
+        # Refuse an unknown channel or release before reading a possibly huge input.
+        try:
+            self.release(release or channel or "worker")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            if release:
+                raise
+            raise ApiError(404, exc.code, f"channel {channel!r} points at no release yet: "
+                           f"publish with `officegrid release create DIR --channel {channel}` "
+                           "or promote into it first") from None
         bad: list[str] = []
 
         def bad_row(row: Any) -> None:

@@ -253,7 +253,7 @@ def test_max_bad_rows_skips_and_reports(tmp_path):
     rows, bad = collect_bad(p, limit=2)
     assert [k for k, _ in rows] == [1, 3, 5]
     assert bad == [
-        BadRow(str(p), 3, "row has 1 fields, header has 2"),
+        BadRow(str(p), 3, "row has 1 field, header has 2"),
         BadRow(str(p), 5, "row has 3 fields, header has 2"),
     ]
 

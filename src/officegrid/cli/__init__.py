@@ -6,7 +6,7 @@ import typer
 
 from officegrid.cli import admin, job, release, server, worker
 
-app = typer.Typer(
+app = typer.Typer(rich_markup_mode=None,
     name="officegrid", no_args_is_help=True, add_completion=False,
     help="Turn idle office desktops into a batch-processing grid.",
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -21,7 +21,8 @@ from officegrid.cli.common import (
     out,
 )
 
-token_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke tokens.")
+token_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                        help="Create, list and revoke tokens.")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -80,7 +81,8 @@ def token_list(server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt,
         return
     t = Table("id", "kind", "name", "uses left", "expires", "revoked")
     for r in rows:
-        t.add_row(str(r["id"]), r["kind"], r["name"], str(r["uses_left"] or ""),
+        uses = "" if r["uses_left"] is None else str(r["uses_left"])
+        t.add_row(str(r["id"]), r["kind"], r["name"], uses,
                   time.ctime(r["expires_at"]) if r["expires_at"] else "", str(r["revoked"]))
     out.print(t)
 
@@ -106,7 +108,9 @@ def workers(server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt,
     t = Table("worker", "host", "state", "reason", "units", "release", "last heartbeat",
               "done", "failed")
     for w in rows:
-        state = w["state"] + (" (draining)" if w["draining"] else "")
+        state = w["state"]
+        if w["draining"] and "draining" not in state:
+            state += " (draining)"
         t.add_row(w["name"], w["hostname"] or "", state, w["reason"] or "",
                   ",".join(map(str, w["active_units"])), (w["release"] or "")[:12],
                   _ago(w["last_seen"]), str(w["completed"]), str(w["failed"]))

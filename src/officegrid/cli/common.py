@@ -47,18 +47,32 @@ def read_token(token: str | None) -> str | None:
     return None
 
 
+CLI_RETRY_SECONDS = 15.0  # a person waits this long for an unreachable server, not a minute
+
+
 def client(server: str | None, token: str | None, ca: Path | None = None) -> Client:
-    return Client(server, read_token(token), ca=ca)
+    return Client(server, read_token(token), ca=ca, max_retry_time=CLI_RETRY_SECONDS)
+
+
+def say(message: str) -> None:
+    """One line to stderr, printed verbatim: no markup, never wrapped (grep-able PATH:LINE)."""
+    err.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def show(message: str) -> None:
+    """One line to stdout, printed verbatim (no markup, no wrapping)."""
+    out.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    say(f"error: {message}")
     raise typer.Exit(code)
 
 
 def handle_errors(fn: F) -> F:
     """Turn expected errors into one clear line on stderr and a non-zero exit."""
     from officegrid.records.errors import InputError
+    from officegrid.sync.materialize import MaterializeError
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -66,7 +80,7 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except ApiError as exc:
             fail(f"{exc.message} (HTTP {exc.status})" if exc.status else exc.message)
-        except (InputError, ConfigError, ValueError, FileNotFoundError) as exc:
+        except (InputError, ConfigError, ValueError, OSError, MaterializeError) as exc:
             fail(str(exc))
         except KeyboardInterrupt:
             fail("interrupted", 130)
@@ -80,5 +94,5 @@ def emit(obj: dict, as_json: bool, ident: Any, summary: str | None = None) -> No
         sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
         return
     if summary:
-        err.print(summary, highlight=False)
+        say(summary)
     sys.stdout.write(f"{ident}\n")

@@ -20,6 +20,8 @@ from officegrid.cli.common import (
     err,
     handle_errors,
     out,
+    say,
+    show,
 )
 from officegrid.client import Client
 
@@ -59,7 +61,7 @@ def _summary_line(info: dict) -> str:
         parts.append(f"{rate:,.0f} records/s")
     if eta and info["state"] not in FINISHED:
         parts.append(f"ETA {eta:.0f}s")
-    if info.get("reason"):
+    if info.get("reason") and info["state"] != "failed":
         parts.append(f"({info['reason']})")
     return ", ".join(parts)
 
@@ -122,7 +124,7 @@ def submit(
                 prog.update(task, completed=records, units=units)
 
             def bad(row) -> None:
-                err.print(f"[yellow]skipped bad row[/yellow] {row}", highlight=False)
+                say(f"skipped bad row {row}")
 
             info = c.submit(entry, input, channel=channel, release=release, unit_size=unit_size,
                             key=key, name=name, priority=priority, max_bad_rows=max_bad_rows,
@@ -134,7 +136,7 @@ def submit(
              + (f", {len(info['bad_rows'])} bad rows skipped" if info["bad_rows"] else ""))
         if wait:
             final = watch_job(c, info["id"])
-            err.print(_summary_line(final), highlight=False)
+            say(_summary_line(final))
             raise typer.Exit(_exit_code(final))
 
 
@@ -171,12 +173,18 @@ def status(
         if as_json:
             out.print_json(json.dumps(info))
         else:
-            out.print(_summary_line(info), highlight=False)
+            show(_summary_line(info))
             if info["releases"]:
                 for rid, n in info["releases"].items():
-                    out.print(f"  release {str(rid)[:12]}: {n:,} records", highlight=False)
+                    show(f"  release {str(rid)[:12]}: {n:,} records")
+            if info["counts"]["quarantined"]:
+                for u in c.units(job):
+                    if u["state"] == "quarantined":
+                        first = (u["last_error"] or "").strip().splitlines()[:1]
+                        show(f"  unit {u['id']} quarantined after {u['failures']} failures"
+                                  f": {first[0] if first else ''}  (officegrid logs {u['id']})")
             for b in info["bad_rows"][:20]:
-                out.print(f"  skipped at submit: {b}", highlight=False)
+                show(f"  skipped at submit: {b}")
         if wait or watch:
             raise typer.Exit(_exit_code(info))
 
@@ -196,8 +204,7 @@ def results(
     with client(server, token, ca) as c:
         info = c.job(job)
         if info["state"] not in FINISHED:
-            err.print(f"[yellow]job {job} is {info['state']}: exporting the units done so far"
-                      "[/yellow]")
+            say(f"job {job} is {info['state']}: exporting the units done so far")
         with Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(),
                       console=err, transient=True) as prog:
             task = prog.add_task("export", total=info["counts"]["done"])
@@ -205,8 +212,8 @@ def results(
                                    on_progress=lambda i, n: prog.update(task, completed=i,
                                                                         total=n))
     dest = ", ".join(str(x) for x in (out_file, to_sql and f"{table}", errors) if x)
-    err.print(f"{res['rows']:,} rows and {res['errors']:,} record errors from {res['units']} "
-              f"units -> {dest}", highlight=False)
+    say(f"{res['rows']:,} rows and {res['errors']:,} record errors from {res['units']} "
+              f"units -> {dest}")
 
 
 @handle_errors
@@ -214,7 +221,7 @@ def cancel(job: int = typer.Argument(...), server: str = ServerOpt, token: str =
            ca: Path = CaOpt) -> None:
     """Cancel a job: queued units never run; running ones stop at their next heartbeat."""
     with client(server, token, ca) as c:
-        out.print(_summary_line(c.cancel(job)), highlight=False)
+        show(_summary_line(c.cancel(job)))
 
 
 @handle_errors
@@ -224,11 +231,11 @@ def retry(job: int = typer.Argument(...),
           server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt) -> None:
     """Requeue a job's quarantined units (budgets reset) and resume it if paused."""
     with client(server, token, ca) as c:
-        out.print(_summary_line(c.retry(job, release)), highlight=False)
+        show(_summary_line(c.retry(job, release)))
 
 
 @handle_errors
-def logs(target: str = typer.Argument(..., help="UNIT id, or JOB id with --job"),
+def logs(target: int = typer.Argument(..., help="UNIT id, or JOB id with --job"),
          job: bool = typer.Option(False, "--job", help="TARGET is a job: all its attempts"),
          failed_only: bool = typer.Option(False, "--failed", help="only failed attempts"),
          server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt) -> None:
@@ -236,19 +243,19 @@ def logs(target: str = typer.Argument(..., help="UNIT id, or JOB id with --job")
     from officegrid.logblob import decode_logs
 
     with client(server, token, ca) as c:
-        ident = int(target)
+        ident = target
         attempts = c.attempts(job_id=ident) if job else c.attempts(unit_id=ident)
         if failed_only:
             attempts = [a for a in attempts if a["state"] == "failed"]
         if not attempts:
-            err.print("no attempts yet")
+            say("no attempts yet")
         for a in attempts:
             out.rule(f"unit {a['unit_id']} attempt {a['id'][:8]} on {a['worker']}: {a['state']}"
                      f" (release {a['release'][:12]})")
             if a["error"]:
-                out.print(a["error"], highlight=False, markup=False)
+                show(a["error"])
             if a["log"]:
                 for name, text in decode_logs(c.get_blob(a["log"])).items():
                     if text.strip():
-                        out.print(f"--- {name}", highlight=False, markup=False)
-                        out.print(text.rstrip(), highlight=False, markup=False)
+                        show(f"--- {name}")
+                        show(text.rstrip())

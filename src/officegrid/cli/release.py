@@ -25,7 +25,8 @@ from officegrid.cli.common import (
 )
 from officegrid.client import Client
 
-app = typer.Typer(no_args_is_help=True, help="Publish, promote, list and pull code releases.")
+app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                  help="Publish, promote, list and pull code releases.")
 
 
 def _git_commit(directory: Path) -> str | None:
@@ -35,6 +36,13 @@ def _git_commit(directory: Path) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return res.stdout.strip() if res.returncode == 0 else None
+
+
+def default_cache_dir() -> Path:
+    """The user's shared chunk cache for `release pull` (content-addressed, safe to share)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("officegrid", appauthor=False)) / "chunks"
 
 
 def publish(c: Client, directory: Path, channel: str | None, message: str | None = None,
@@ -127,6 +135,8 @@ def list_(server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt,
         out.print_json(json.dumps(rows))
         return
     t = Table("id", "channels", "created", "author", "files", "bytes", "git", "message")
+    t.columns[0].no_wrap = True
+    t.columns[1].no_wrap = True
     for r in rows:
         t.add_row(r["id"][:12], ",".join(r["channels"]),
                   time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
@@ -140,7 +150,7 @@ def list_(server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt,
 def pull(channel: str = typer.Argument(..., help="channel or release id"),
          to: Path = typer.Option(..., "--to", help="directory to make equal to the release"),
          cache: Path = typer.Option(None, "--cache",
-                                    help="chunk cache [default: beside DIR]"),
+                                    help="chunk cache [default: the user cache dir]"),
          server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt) -> None:
     """Make DIR equal to a release, like `rsync -a --delete`; prints bytes received and time."""
     from officegrid.cas import ContentStore
@@ -150,7 +160,7 @@ def pull(channel: str = typer.Argument(..., help="channel or release id"),
     start = time.monotonic()
     with client(server, token, ca) as c:
         rid = c.release(channel)["id"]
-        store = ContentStore(cache or to.resolve().parent / f".{to.name}.officegrid-cache")
+        store = ContentStore(cache or default_cache_dir())
         stats = pull_into(rid, to, cache=store, fetch=blob_fetcher(c))
         received = c.bytes_received
     err.print(f"release {rid[:12]} -> {to}: {stats.files_written} files written, "

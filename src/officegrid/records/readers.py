@@ -182,6 +182,10 @@ def _open(path: str) -> IO[bytes]:
         raise InputError(path, None, f"cannot open: {e.strerror or e}") from None
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 4] + "...'"
@@ -487,7 +491,7 @@ def _iter_csv(
                     bad(*found)
                     continue
             if len(row) != width:
-                bad(start, f"row has {len(row)} fields, header has {width}")
+                bad(start, f"row has {_n(len(row), 'field')}, header has {width}")
                 continue
             if index is None:
                 yield number, dict(zip(header, row, strict=True))
@@ -560,7 +564,9 @@ def _iter_jsonl(
             try:
                 record = loads(line)
             except json.JSONDecodeError as e:
-                bad(lineno, f"invalid JSON: {e.msg} at column {e.colno}")
+                # Columns counted on the line without its end, where a cut-short line stops.
+                column = min(e.pos, len(line.rstrip("\r\n"))) + 1
+                bad(lineno, f"invalid JSON: {e.msg} at column {column}")
                 continue
             except (ValueError, RecursionError) as e:
                 bad(lineno, f"invalid JSON: {e}")

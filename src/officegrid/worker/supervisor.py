@@ -260,8 +260,9 @@ class Agent:
             next_lease = None
             if lease is None:
                 if self.draining:
+                    # Heartbeats clear the flag when the operator undoes the drain.
                     self.state_reason = "draining"
-                    self.stopping.wait(self.heartbeat_interval)
+                    self.stopping.wait(min(self.heartbeat_interval, 1.0))
                     continue
                 try:
                     res = self.client.lease(p.LeaseRequest(resources=self._resources(),
@@ -277,6 +278,7 @@ class Agent:
                     self.state_reason = res.reason
                     if res.reason and res.reason.startswith("draining"):
                         self.draining = True
+                        continue
                     self.stopping.wait(self.backoff.jitter(res.retry_after or 1.0, 0.5))
                     continue
                 self.state_reason = None

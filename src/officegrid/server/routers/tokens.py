@@ -35,10 +35,11 @@ async def create_token(body: p.TokenCreate, request: Request) -> p.TokenInfo:
             if final != body.name:
                 raise Invalid(f"a worker named {body.name!r} exists already")
         else:
-            label = body.name or f"{body.kind.value}-{int(now)}"
             uses = body.uses if body.kind == p.TokenKind.enroll else None
-            tid, secret = tokens_q.create(conn, body.kind.value, label, now, uses=uses,
-                                          expires_at=expires)
+            tid, secret = tokens_q.create(conn, body.kind.value, body.name or "", now,
+                                          uses=uses, expires_at=expires)
+            if not body.name:  # a unique default label: revoking it revokes this token only
+                tokens_q.rename(conn, tid, f"{body.kind.value}-{tid}")
         row = next(t for t in tokens_q.list_all(conn) if t["id"] == tid)
         return _info(row, secret)
 

@@ -81,7 +81,12 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.work_event.wait(), timeout=min(remaining, s.poll_interval))
-    retry = s.idle_retry_after if not reason else min(s.sideline_seconds, 60.0)
+    if reason is None:
+        retry = s.idle_retry_after
+    elif reason.startswith("draining"):
+        retry = s.heartbeat_interval  # `drain --undo` reaches the worker by its next heartbeat
+    else:
+        retry = min(s.sideline_seconds, 60.0)
     response.headers[p.RETRY_AFTER] = f"{retry:g}"
     return p.LeaseResponse(leases=[], retry_after=retry, reason=reason or "no work")
 

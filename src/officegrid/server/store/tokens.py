@@ -66,6 +66,10 @@ def use_enroll(conn: Connection, token_id: int) -> None:
             raise Conflict("this join token has no uses left")
 
 
+def rename(conn: Connection, token_id: int, name: str) -> None:
+    conn.execute(update(tokens).where(tokens.c.id == token_id).values(name=name))
+
+
 def list_all(conn: Connection) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in conn.execute(select(tokens).order_by(tokens.c.id))]
 
