@@ -209,6 +209,11 @@ class Client:
         """Upload an already-compressed zstd frame named ``digest``."""
         self.request("PUT", f"/blobs/{digest}", content=frame, headers={"Content-Type": p.ZSTD})
 
+    def put_frames(self, items: list[tuple[str, bytes]]) -> None:
+        """Upload several (hash, zstd frame) pairs in one request (at most 64 MiB)."""
+        self.request("POST", "/blobs/batch", content=p.encode_blob_batch(items),
+                     headers={"Content-Type": p.BLOB_BATCH})
+
     def missing_blobs(self, hashes: list[str], batch: int = 5000) -> list[str]:
         """Which of ``hashes`` the server lacks (one round trip per ``batch``)."""
         out: list[str] = []

@@ -77,9 +77,11 @@ def test_large_file_streamed_and_stored(tmp_path: Path) -> None:
     tree = build_tree(src)
     digest = cas.hash_bytes(blob)
     assert tree.files[digest][1] == len(blob)
+    assert len(tree.chunks) > 1  # content-defined chunks
     store = cas.ContentStore(tmp_path / "store")
-    assert store_tree(tree, store) == 2
-    assert store.read(digest) == blob
+    assert store_tree(tree, store) == 1 + len(tree.chunks)
+    ordered = sorted(tree.chunks.items(), key=lambda kv: kv[1][1])
+    assert b"".join(store.read(h) for h, _ in ordered) == blob
     assert store_tree(tree, store) == 0
 
 
@@ -296,10 +298,10 @@ def test_read_error_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     write(tmp_path, "pkg/locked.bin", "x")
     from officegrid.sync import tree as tree_mod
 
-    def refuse(path: Path) -> tuple[str, int]:
+    def refuse(path: Path) -> tuple[str, int, list]:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(tree_mod, "hash_file", refuse)
+    monkeypatch.setattr(tree_mod, "chunk_file", refuse)
     with pytest.raises(BuildError) as info:
         build_tree(tmp_path)
     assert info.value.path.endswith(os.path.join("pkg", "locked.bin"))

@@ -22,6 +22,8 @@ from officegrid.cli.common import (
     err,
     handle_errors,
     out,
+    say,
+    show,
 )
 from officegrid.client import Client
 
@@ -36,6 +38,10 @@ def _git_commit(directory: Path) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return res.stdout.strip() if res.returncode == 0 else None
+
+
+UPLOAD_BATCH_BYTES = 8 << 20  # compressed bytes per upload request
+UPLOAD_BATCH_ITEMS = 512
 
 
 def default_cache_dir() -> Path:
@@ -55,16 +61,30 @@ def publish(c: Client, directory: Path, channel: str | None, message: str | None
         sync.tree.BuildError / sync.names.UnsafeName: a path cannot be published (named).
         ApiError: the server refused the release.
     """
-    from officegrid.cas import compress
-    from officegrid.sync.tree import build_tree
+    from officegrid.cas import compress, hash_bytes
+    from officegrid.sync.statcache import StatCache
+    from officegrid.sync.tree import BuildError, build_tree, read_chunk
 
-    tree = build_tree(directory)
+    cache = StatCache(default_cache_dir().parent / "statcache.db")
+    try:
+        tree = build_tree(directory, stat_cache=cache)
+    finally:
+        cache.close()
     for w in tree.warnings:
-        err.print(f"[yellow]warning:[/yellow] {w}")
-    hashes = list(tree.manifests) + list(tree.files)
-    missing = set(c.missing_blobs(hashes))
-    todo_bytes = sum(tree.files[h][1] for h in missing if h in tree.files)
+        say(f"warning: {w}")
+    hashes = list(tree.manifests) + list(tree.chunks)
+    missing = c.missing_blobs(hashes)
+    todo_bytes = sum(tree.chunks[h][2] for h in missing if h in tree.chunks)
     uploaded = 0
+    batch: list[tuple[str, bytes]] = []
+    batch_bytes = 0
+
+    def flush() -> None:
+        nonlocal batch, batch_bytes
+        if batch:
+            c.put_frames(batch)
+        batch, batch_bytes = [], 0
+
     with Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=err, disable=not show_progress or not missing, transient=True) as prog:
         task = prog.add_task("upload", total=todo_bytes)
@@ -72,11 +92,18 @@ def publish(c: Client, directory: Path, channel: str | None, message: str | None
             if h in tree.manifests:
                 data = tree.manifests[h]
             else:
-                data = tree.files[h][0].read_bytes()
+                path, offset, size = tree.chunks[h]
+                data = read_chunk(path, offset, size)
+                if hash_bytes(data) != h:
+                    raise BuildError(path, "the file changed while the release was being built")
                 prog.advance(task, len(data))
             frame = compress(data)
-            c.put_frame(h, frame)
+            batch.append((h, frame))
+            batch_bytes += len(frame)
             uploaded += len(frame)
+            if batch_bytes >= UPLOAD_BATCH_BYTES or len(batch) >= UPLOAD_BATCH_ITEMS:
+                flush()
+        flush()
     info = c.create_release(p.ReleaseCreate(
         id=tree.root_hash, channel=channel, message=message,
         author=author or getpass.getuser(), git_commit=_git_commit(directory),
@@ -163,7 +190,52 @@ def pull(channel: str = typer.Argument(..., help="channel or release id"),
         store = ContentStore(cache or default_cache_dir())
         stats = pull_into(rid, to, cache=store, fetch=blob_fetcher(c))
         received = c.bytes_received
-    err.print(f"release {rid[:12]} -> {to}: {stats.files_written} files written, "
-              f"{stats.chunks_fetched} chunks + {stats.manifests_fetched} manifests fetched, "
-              f"{received:,} bytes received, {time.monotonic() - start:.2f}s")
+        total = c.release(rid)["total_bytes"]
+    say(f"release {rid[:12]} -> {to}: {stats.files_written} files written, "
+        f"{max(0, total - stats.bytes_fetched):,} of {total:,} bytes reused locally, "
+        f"{stats.chunks_fetched} chunks + {stats.manifests_fetched} manifests fetched, "
+        f"{received:,} bytes received, {time.monotonic() - start:.2f}s")
     out.print(rid)
+
+
+@app.command("diff")
+@handle_errors
+def diff(a: str = typer.Argument(..., help="old release (id, prefix or channel)"),
+         b: str = typer.Argument(..., help="new release (id, prefix or channel)"),
+         server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt,
+         as_json: bool = JsonOpt) -> None:
+    """List files changed, added and removed from A to B, and the bytes a worker holding A
+    would fetch for B (only directories whose hash differs are read)."""
+    import json
+
+    from officegrid.cas import ContentStore
+    from officegrid.sync.manifest import diff as tree_diff
+    from officegrid.worker.fetch import blob_fetcher
+
+    with client(server, token, ca) as c:
+        old, new = c.release(a)["id"], c.release(b)["id"]
+        store = ContentStore(default_cache_dir())
+        fetch = blob_fetcher(c)
+
+        def get_manifest(digest: str) -> bytes:
+            if not store.has(digest):
+                for h, data in fetch([digest]):
+                    if h == digest:
+                        store.put(data)
+            return store.read(digest)
+
+        d = tree_diff(old, new, get_manifest)
+    if as_json:
+        out.print_json(json.dumps({"old": old, "new": new, "added": d.added,
+                                   "removed": d.removed, "changed": d.changed,
+                                   "bytes_to_fetch": d.bytes_to_fetch}))
+        return
+    for path in d.changed:
+        show(f"M {path}")
+    for path in d.added:
+        show(f"A {path}")
+    for path in d.removed:
+        show(f"D {path}")
+    say(f"{old[:12]} -> {new[:12]}: {len(d.changed)} changed, {len(d.added)} added, "
+        f"{len(d.removed)} removed; a worker holding {old[:12]} fetches {d.bytes_to_fetch:,} "
+        "bytes")

@@ -119,21 +119,23 @@ Entry = FileEntry | DirEntry
 GetManifest = Callable[[str], bytes]
 
 
-def file_entry(name: str, *, executable: bool, size: int, digest: str) -> FileEntry:
-    """Return the :class:`FileEntry` of a one-chunk file (the only kind built today).
+def file_entry(name: str, *, executable: bool, size: int, digest: str,
+               chunks: Iterable[tuple[str, int]] | None = None) -> FileEntry:
+    """Return the :class:`FileEntry` of a file.
 
     Args:
         name: the file name.
         executable: keep the executable bit (mode 0o755) or not (0o644).
         size: content length in bytes.
         digest: blake3 hex digest of the content.
+        chunks: (chunk hash, chunk size) pairs in file order; None for a one-chunk file.
     """
     return FileEntry(
         name=name,
         mode=MODE_EXEC if executable else MODE_FILE,
         size=size,
         hash=digest,
-        chunks=((digest, size),),
+        chunks=tuple((h, n) for h, n in chunks) if chunks is not None else ((digest, size),),
     )
 
 

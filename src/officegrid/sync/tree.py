@@ -24,8 +24,10 @@ import blake3
 import zstandard
 
 from officegrid import cas
+from officegrid.sync.chunking import Chunk, chunk_file
 from officegrid.sync.manifest import DirEntry, Entry, encode_manifest, file_entry, join
 from officegrid.sync.names import MAX_PATH, check_name, check_siblings, long_path_warning
+from officegrid.sync.statcache import StatCache
 
 PIECE = 1 << 20  # read and hash files in 1 MiB pieces
 
@@ -211,7 +213,9 @@ class Tree:
         manifests: manifest hash -> manifest bytes, for every directory (identical directories,
             e.g. empty ones, share one manifest).
         files: content hash -> (a path holding that content, size in bytes); one entry per
-            distinct content. Today a file is one chunk, so these are also the chunk hashes.
+            distinct content.
+        chunks: chunk hash -> (a path holding it, offset, size in bytes); one entry per distinct
+            chunk (a file of at most ``chunking.WHOLE_FILE_MAX`` bytes is one chunk).
         file_count: number of files in the release (duplicates counted).
         total_bytes: sum of the files' sizes in bytes (duplicates counted).
         warnings: human-readable warnings: paths longer than 260 characters (one per long
@@ -221,6 +225,8 @@ class Tree:
     root_hash: str
     manifests: dict[str, bytes]
     files: dict[str, tuple[Path, int]]
+    chunks: dict[str, tuple[Path, int, int]] = field(default_factory=dict)
+    stat_cache: StatCache | None = field(default=None, repr=False, compare=False)
     file_count: int = 0
     total_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -243,14 +249,30 @@ def hash_file(path: Path) -> tuple[str, int]:
     return hasher.hexdigest(), size
 
 
-def build_tree(root: Path, *, ignore_file: str | None = ".officegridignore") -> Tree:
+def _chunk(path: Path, st: os.stat_result, cache: StatCache | None
+           ) -> tuple[str, int, list[Chunk]]:
+    if cache is not None:
+        hit = cache.get(path.resolve(), st)
+        if hit is not None:
+            return hit
+    digest, size, chunks = chunk_file(path)
+    if cache is not None and size == st.st_size:
+        cache.put(path.resolve(), st, digest, size, chunks)
+    return digest, size, chunks
+
+
+def build_tree(root: Path, *, ignore_file: str | None = ".officegridignore",
+               stat_cache: StatCache | None = None) -> Tree:
     """Walk ``root`` and build its release: one manifest per directory and the release id.
 
-    Every file is read once, in 1 MiB pieces. Empty directories are kept. Only the executable
-    bit of a file's mode is kept (owner-executable -> 0o755, else 0o644).
+    Every file is read once (large files are cut into content-defined chunks, see
+    :mod:`.chunking`); with a ``stat_cache``, files whose stat data did not change are not read
+    at all. Empty directories are kept. Only the executable bit of a file's mode is kept
+    (owner-executable -> 0o755, else 0o644).
 
     Args:
         root: the directory to publish.
+        stat_cache: remembers the hashes of files by stat data between builds.
         ignore_file: name of the gitignore-style pattern file at ``root`` (``None``: none), see
             :class:`IgnoreRules`; the defaults (``.git``, ``__pycache__``, ``.venv``, ``*.pyc``)
             always apply first.
@@ -266,8 +288,10 @@ def build_tree(root: Path, *, ignore_file: str | None = ".officegridignore") -> 
     if not root.is_dir():
         raise BuildError(root, "not a directory")
     rules = IgnoreRules.for_root(root, ignore_file)
-    tree = Tree(root_hash="", manifests={}, files={})
+    tree = Tree(root_hash="", manifests={}, files={}, stat_cache=stat_cache)
     tree.root_hash = _build_dir(root, "", rules, tree)
+    if stat_cache is not None:
+        stat_cache.commit()
     return tree
 
 
@@ -298,12 +322,15 @@ def _build_dir(directory: Path, rel: str, rules: IgnoreRules, tree: Tree) -> str
             entries.append(DirEntry(name=item.name, hash=child))
         elif stat.S_ISREG(st.st_mode):
             try:
-                digest, size = hash_file(Path(item.path))
+                digest, size, chunks = _chunk(Path(item.path), st, tree.stat_cache)
             except OSError as exc:
                 raise BuildError(item.path, f"cannot read: {exc}") from exc
             executable = bool(st.st_mode & stat.S_IXUSR)
-            entries.append(file_entry(item.name, executable=executable, size=size, digest=digest))
+            entries.append(file_entry(item.name, executable=executable, size=size, digest=digest,
+                                      chunks=[(c.hash, c.size) for c in chunks]))
             tree.files.setdefault(digest, (Path(item.path), size))
+            for c in chunks:
+                tree.chunks.setdefault(c.hash, (Path(item.path), c.offset, c.size))
             tree.file_count += 1
             tree.total_bytes += size
         else:
@@ -337,12 +364,29 @@ def store_tree(tree: Tree, store: cas.ContentStore) -> int:
         if not store.has(digest):
             store.put(data)
             written += 1
-    for digest, (path, size) in tree.files.items():
+    for digest, (path, offset, size) in tree.chunks.items():
         if store.has(digest):
             continue
-        _store_file(store, digest, path, size)
+        data = read_chunk(path, offset, size)
+        if cas.hash_bytes(data) != digest:
+            raise BuildError(path, "the file changed while the release was being built")
+        store.put(data)
         written += 1
     return written
+
+
+def read_chunk(path: Path, offset: int, size: int) -> bytes:
+    """The ``size`` bytes of ``path`` at ``offset``. Raises BuildError if the file is shorter
+    (it changed since the build) or unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(size)
+    except OSError as exc:
+        raise BuildError(path, f"cannot read: {exc}") from exc
+    if len(data) != size:
+        raise BuildError(path, "the file changed while the release was being built")
+    return data
 
 
 def _store_file(store: cas.ContentStore, digest: str, path: Path, size: int) -> None:

@@ -80,6 +80,39 @@ async def put_blob(digest: str, request: Request) -> p.Ack:
     return p.Ack(detail="stored")
 
 
+@router.post("/blobs/batch", response_model=p.Ack)
+async def put_blobs(request: Request) -> p.Ack:
+    """Store several blobs from one body (``protocol.encode_blob_batch`` of (hash, zstd frame)).
+
+    Each frame is verified against its hash before it is kept; the first bad one refuses the
+    request (422, naming it) after the good ones before it were stored. At most 64 MiB.
+    """
+    ctx = ctx_of(request)
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > MAX_BATCH_BYTES + (1 << 20):
+            raise HTTPException(413, detail={"code": p.E_INVALID,
+                                             "message": "batch too large: send fewer blobs"})
+    try:
+        items = p.decode_blob_batch(bytes(body))
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+
+    def store() -> int:
+        for digest, frame in items:
+            check_hash(digest)
+            if not ctx.blobs.has(digest):
+                ctx.blobs.put_frame(digest, frame)
+        return len(items)
+
+    try:
+        n = await ctx.run(store)
+    except BlobError as exc:
+        raise _bad(f"batch rejected: {exc}") from None
+    return p.Ack(detail=f"stored {n}")
+
+
 @router.get("/blobs/{digest}")
 async def get_blob(digest: str, request: Request) -> Response:
     """One blob as its stored zstd frame."""
