@@ -71,6 +71,7 @@ class WorkerSettings(_Settings):
     backoff_cap: float = 60.0
     vacate_grace: float = 5.0  # seconds a runner gets to stop before its tree is killed
     progress_interval: float = 0.5
+    trusted_keys: list[Path] = []  # public keys; when set, only releases they signed run
 
 
 class ClientSettings(_Settings):

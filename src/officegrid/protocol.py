@@ -81,6 +81,7 @@ class FailureKind(StrEnum):
     crash = "crash"  # the unit's process died or the runner failed: uses the retry budget
     import_error = "import_error"  # the release cannot be imported: may pause the job
     setup = "setup"  # the worker could not fetch inputs/release: uses the retry budget
+    refused = "refused"  # the worker will not run this release (e.g. unsigned): pauses the job
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -195,6 +196,8 @@ class ReleaseCreate(Model):
     git_commit: str | None = None
     file_count: int = 0
     total_bytes: int = 0
+    signature: str | None = Field(None, description="base64 Ed25519 signature of the id")
+    signer: str | None = Field(None, description="id of the signing key")
 
 
 class ReleaseInfo(Model):
@@ -205,6 +208,8 @@ class ReleaseInfo(Model):
     git_commit: str | None
     file_count: int
     total_bytes: int
+    signature: str | None = None
+    signer: str | None = None
     channels: list[str] = Field(default_factory=list)
 
 

@@ -312,3 +312,39 @@ def test_two_servers_share_one_postgresql(tmp_path, pg_db):
         assert g.admin.wait(job["id"], poll=0.1, timeout=30)["state"] == "done"
     finally:
         g.close()
+
+
+def test_signed_releases_only(grid, tmp_path):
+    import subprocess
+    import sys
+
+    keys = tmp_path / "keys"
+    res = subprocess.run([sys.executable, "-m", "officegrid", "keys", "create", "--out",
+                          str(keys)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (keys / "officegrid-signing.key").stat().st_mode & 0o777 == 0o600
+    from officegrid.cli.release import publish as do_publish
+    from officegrid.signing import create_keypair
+
+    create_keypair(tmp_path / "other.key", tmp_path / "other.pub")
+    w = grid.worker("strict", extra_args=["--trust-key", str(keys / "officegrid-signing.pub")])
+    # Unsigned: refused before anything runs; the job pauses with the reason.
+    do_publish(grid.admin, release_dir(tmp_path, "unsigned"), "worker", show_progress=False)
+    job = grid.admin.submit("job:process", write_csv(tmp_path / "in.csv", 30), unit_size=10)
+    info = wait_for(lambda: (j := grid.admin.job(job["id"]))["state"] == "paused" and j, 60,
+                    what="job paused by refusals")
+    assert "not signed" in info["reason"]
+    # Signed by an untrusted key: refused too.
+    other = do_publish(grid.admin, release_dir(tmp_path, "other", SLOW_JOB + "\n# other\n"),
+                       "worker", show_progress=False, sign=tmp_path / "other.key")
+    grid.admin.retry(job["id"], release=other["id"])
+    info = wait_for(lambda: (j := grid.admin.job(job["id"]))["state"] == "paused" and j, 60,
+                    what="job paused again")
+    assert "not among this worker's trusted keys" in info["reason"]
+    # Signed by the trusted key: runs.
+    good = do_publish(grid.admin, release_dir(tmp_path, "good", SLOW_JOB + "\n# good\n"),
+                      "worker", show_progress=False, sign=keys / "officegrid-signing.key")
+    grid.admin.retry(job["id"], release=good["id"])
+    assert grid.admin.wait(job["id"], timeout=60)["state"] == "done"
+    assert {u["release"] for u in grid.admin.units(job["id"])} == {good["id"]}
+    assert w.proc.poll() is None

@@ -19,6 +19,8 @@ from officegrid.cli.common import (
     emit,
     handle_errors,
     out,
+    say,
+    show,
 )
 
 token_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
@@ -124,3 +126,23 @@ def drain(worker: str = typer.Argument(..., help="worker name"),
     """Let WORKER finish its current units and take no more."""
     with client(server, token, ca) as c:
         out.print(c.drain(worker, undo)["detail"])
+
+
+keys_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                       help="Signing keys for releases.")
+
+
+@keys_app.command("create")
+@handle_errors
+def keys_create(out_dir: Path = typer.Option(Path("."), "--out", help="directory for the files"),
+                name: str = typer.Option("officegrid-signing", "--name", help="file name stem")
+                ) -> None:
+    """Create an Ed25519 key pair: NAME.key (private, 0600) and NAME.pub; prints the key id.
+
+    Sign with `release create --sign NAME.key`; give workers `--trust-key NAME.pub`."""
+    from officegrid.signing import create_keypair
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kid = create_keypair(out_dir / f"{name}.key", out_dir / f"{name}.pub")
+    say(f"wrote {out_dir / (name + '.key')} (keep it secret) and {out_dir / (name + '.pub')}")
+    show(kid)

@@ -72,6 +72,7 @@ def fail(message: str, code: int = 1) -> None:
 def handle_errors(fn: F) -> F:
     """Turn expected errors into one clear line on stderr and a non-zero exit."""
     from officegrid.records.errors import InputError
+    from officegrid.signing import SignatureError
     from officegrid.sync.materialize import MaterializeError
 
     @functools.wraps(fn)
@@ -80,7 +81,8 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except ApiError as exc:
             fail(f"{exc.message} (HTTP {exc.status})" if exc.status else exc.message)
-        except (InputError, ConfigError, ValueError, OSError, MaterializeError) as exc:
+        except (InputError, ConfigError, ValueError, OSError, MaterializeError,
+                SignatureError) as exc:
             fail(str(exc))
         except KeyboardInterrupt:
             fail("interrupted", 130)

@@ -52,7 +52,8 @@ def default_cache_dir() -> Path:
 
 
 def publish(c: Client, directory: Path, channel: str | None, message: str | None = None,
-            author: str | None = None, show_progress: bool = True) -> dict:
+            author: str | None = None, show_progress: bool = True,
+            sign: Path | None = None) -> dict:
     """Build the release tree of ``directory``, upload only the blobs the server lacks, and
     record the release (moving ``channel`` to it). Returns the release info plus
     ``bytes_uploaded`` and ``blobs_uploaded``.
@@ -104,10 +105,16 @@ def publish(c: Client, directory: Path, channel: str | None, message: str | None
             if batch_bytes >= UPLOAD_BATCH_BYTES or len(batch) >= UPLOAD_BATCH_ITEMS:
                 flush()
         flush()
+    signature = signer = None
+    if sign is not None:
+        from officegrid.signing import load_private, sign_release
+
+        signature, signer = sign_release(load_private(sign), tree.root_hash)
     info = c.create_release(p.ReleaseCreate(
         id=tree.root_hash, channel=channel, message=message,
         author=author or getpass.getuser(), git_commit=_git_commit(directory),
-        file_count=tree.file_count, total_bytes=tree.total_bytes))
+        file_count=tree.file_count, total_bytes=tree.total_bytes, signature=signature,
+        signer=signer))
     info["bytes_uploaded"] = uploaded
     info["blobs_uploaded"] = len(missing)
     return info
@@ -119,11 +126,13 @@ def create(directory: Path = typer.Argument(..., help="the code directory to pub
            channel: str = typer.Option("trunk", "--channel", "-c",
                                        help="channel to point at the new release"),
            message: str = typer.Option(None, "--message", "-m"),
+           sign: Path = typer.Option(None, "--sign", help="private key file (`officegrid keys "
+                                     "create`) to sign the release with"),
            server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt,
            as_json: bool = JsonOpt) -> None:
     """Publish DIR as a release (uploads only what the server lacks); prints the release id."""
     with client(server, token, ca) as c:
-        info = publish(c, directory, channel, message)
+        info = publish(c, directory, channel, message, sign=sign)
     emit(info, as_json, info["id"],
          f"release {info['id'][:12]}: {info['file_count']} files, {info['total_bytes']:,} bytes; "
          f"uploaded {info['blobs_uploaded']} blobs ({info['bytes_uploaded']:,} bytes); "

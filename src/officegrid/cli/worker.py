@@ -26,6 +26,8 @@ def worker(
     python: str = typer.Option(None, "--python", help="interpreter for units "
                                "[default: this one]"),
     ca: Path = typer.Option(None, "--ca", envvar="OFFICEGRID_CA", help="CA file to verify TLS"),
+    trust_key: list[Path] = typer.Option(None, "--trust-key", help="public key file; when given "
+                                         "(repeatable), run only releases signed by one of them"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
 ) -> None:
     """Run a worker agent: lease units, run them at lowest priority, report results."""
@@ -34,7 +36,8 @@ def worker(
     logs.setup("DEBUG" if verbose > 1 else "INFO" if verbose else None)
     settings = load(WorkerSettings, "worker", {
         "server": server, "token": token, "enroll": enroll, "name": name,
-        "work_dir": work_dir, "slots": slots, "python": python, "ca": ca},
+        "work_dir": work_dir, "slots": slots, "python": python, "ca": ca,
+        "trusted_keys": trust_key or None},
         env_skip=frozenset({"token", "server", "enroll", "ca", "name"}))
     if settings.slots < 1:
         raise ValueError(f"--slots must be >= 1, got {settings.slots}")

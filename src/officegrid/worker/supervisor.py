@@ -91,6 +91,10 @@ class Agent:
         self.state_reason: str | None = None
         self.heartbeat_interval = 10.0
         self.client: Client | None = None
+        self.broken_releases: dict[str, str] = {}  # release id -> why this worker refuses it
+        from officegrid.signing import load_public
+
+        self.trusted = [load_public(k) for k in settings.trusted_keys]
 
     # ------------------------------------------------------------------ start-up
 
@@ -133,7 +137,8 @@ class Agent:
             if releases_dir.is_dir() else []
         return p.WorkerResources(
             slots=self.settings.slots, free_disk=shutil.disk_usage(self.work_dir).free,
-            free_memory=psutil.virtual_memory().available, releases=cached)
+            free_memory=psutil.virtual_memory().available, releases=cached,
+            broken_releases=sorted(self.broken_releases))
 
     def run(self) -> int:
         """Run until stopped; return the process exit code (0 clean, 3 identity refused)."""
@@ -313,6 +318,9 @@ class Agent:
         attempt_dir = self.work_dir / "attempts" / lease.attempt
         try:
             attempt_dir.mkdir(parents=True, exist_ok=True)
+            refused = self._check_signature(lease.release)
+            if refused:
+                return self._report_failure(ru, p.FailureKind.refused, refused, attempt_dir)
             try:
                 release_dir = self._ensure_release(lease.release)
                 (attempt_dir / "input.jsonl").write_bytes(self.client.get_blob(lease.input))
@@ -338,6 +346,25 @@ class Agent:
             with self.lock:
                 self.running.pop(lease.attempt, None)
             shutil.rmtree(attempt_dir, ignore_errors=True)
+
+    def _check_signature(self, release_id: str) -> str | None:
+        """None if the release may run here; else why not (it is then never leased here again
+        by this agent: the lease requests list it as broken)."""
+        from officegrid.signing import SignatureError, verify_release
+
+        if not self.trusted:
+            return None
+        if release_id in self.broken_releases:
+            return self.broken_releases[release_id]
+        assert self.client is not None
+        info = self.client.release(release_id)
+        try:
+            verify_release(self.trusted, release_id, info.get("signature"), info.get("signer"))
+            return None
+        except SignatureError as exc:
+            self.broken_releases[release_id] = str(exc)
+            log.warning("%s", exc)
+            return str(exc)
 
     def _ensure_release(self, release_id: str) -> Path:
         from officegrid.sync.materialize import materialize

@@ -13,11 +13,15 @@ from officegrid.server.store.schema import channel_history, channels, release_bl
 def create(conn: Connection, spec: dict[str, Any], blobs: set[str], now: float) -> bool:
     """Record a release and the blobs it references; return False if it already existed."""
     if conn.execute(select(releases.c.id).where(releases.c.id == spec["id"])).first():
+        if spec.get("signature"):  # signing an already-published release
+            conn.execute(update(releases).where(releases.c.id == spec["id"])
+                         .values(signature=spec["signature"], signer=spec.get("signer")))
         return False
     conn.execute(insert(releases).values(
         id=spec["id"], created_at=now, author=spec.get("author"), message=spec.get("message"),
         git_commit=spec.get("git_commit"), file_count=spec.get("file_count", 0),
-        total_bytes=spec.get("total_bytes", 0)))
+        total_bytes=spec.get("total_bytes", 0), signature=spec.get("signature"),
+        signer=spec.get("signer")))
     if blobs:
         conn.execute(insert(release_blobs),
                      [{"release_id": spec["id"], "blob": b} for b in sorted(blobs)])

@@ -74,6 +74,8 @@ releases = Table(
     Column("git_commit", String(64)),
     Column("file_count", Integer, nullable=False, default=0),
     Column("total_bytes", BigInteger, nullable=False, default=0),
+    Column("signature", Text),  # base64 Ed25519 over the release id (see officegrid.signing)
+    Column("signer", String(32)),  # key id
 )
 
 release_blobs = Table(

@@ -277,7 +277,8 @@ def fail(conn: Connection, attempt_id: str, worker_id: int, kind: str, error: st
     ``kind`` is a ``protocol.FailureKind``. ``crash`` and ``setup`` failures use the unit's retry
     budget and count against the worker's health; ``import_error`` counts per (job, release)
     and pauses the job after ``policy.import_pause_after`` failures with no success in between,
-    instead of quarantining every unit. A report for an attempt no longer active is ignored.
+    instead of quarantining every unit; ``refused`` (a worker will not run the release, e.g.
+    unsigned) pauses it at once. A report for an attempt no longer active is ignored.
     """
     a = _attempt_for(conn, attempt_id, worker_id)
     if a.state != "active":
@@ -287,11 +288,12 @@ def fail(conn: Connection, attempt_id: str, worker_id: int, kind: str, error: st
     unit = conn.execute(select(units).where(units.c.id == a.unit_id)).one()
     job = conn.execute(select(jobs).where(jobs.c.id == unit.job_id)).one()
     paused = False
-    workers_q.record_failure(conn, worker_id, job.id, now, policy.unhealthy_after,
-                             policy.sideline_seconds)
+    if kind != "refused":  # refusing by policy says nothing about the host's health
+        workers_q.record_failure(conn, worker_id, job.id, now, policy.unhealthy_after,
+                                 policy.sideline_seconds)
     if unit.state not in OPEN:
         return {"unit": unit.state, "job_paused": False}
-    if kind == "import_error":
+    if kind in ("import_error", "refused"):
         key = (import_failures.c.job_id == job.id) & (import_failures.c.release_id == a.release_id)
         row = conn.execute(select(import_failures.c.failures).where(key)).first()
         if row is None:
@@ -302,12 +304,15 @@ def fail(conn: Connection, attempt_id: str, worker_id: int, kind: str, error: st
             count = row.failures + 1
             conn.execute(update(import_failures).where(key)
                          .values(failures=count, last_error=error))
-        if count >= policy.import_pause_after and job.state == "running":
+        # A refusal is deliberate (a policy of the worker), so it pauses at once.
+        limit = 1 if kind == "refused" else policy.import_pause_after
+        if count >= limit and job.state == "running":
             last = error.strip().splitlines()[-1] if error.strip() else "import failed"
+            what = "was refused by a worker" if kind == "refused" else \
+                f"cannot be imported ({count} attempts)"
             conn.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.state == "running")
                          .values(state="paused",
-                                 reason=f"release {a.release_id[:12]} cannot be imported "
-                                        f"({count} attempts): {last}"))
+                                 reason=f"release {a.release_id[:12]} {what}: {last}"))
             paused = True
         state = _requeue_or_quarantine(conn, unit.id, now, False, error)
     else:
