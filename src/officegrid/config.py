@@ -52,7 +52,9 @@ class ServerSettings(_Settings):
     speculative_after: float = 60.0  # min age of a lease before a second copy may be run
     blob_gc_interval: float = 600.0
     blob_gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept (uploads)
-    max_inline_wait: float = 120.0
+    transfer_slots: int = 32  # bulk downloads served at once, site-wide (all server processes)
+    transfer_retry_after: float = 2.0  # seconds a refused transfer is told to wait (+ jitter)
+    transfer_slot_ttl: float = 300.0
 
 
 class WorkerSettings(_Settings):

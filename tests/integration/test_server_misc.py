@@ -87,3 +87,41 @@ def test_openapi_and_bad_requests(grid):
     with pytest.raises(ApiError) as exc:
         grid.admin.job(999)
     assert exc.value.status == 404 and "no job 999" in exc.value.message
+
+
+def test_transfer_slots_cap_a_stampede(tmp_path):
+    """200 clients pulling at once with a cap of 8: no errors, never more than 8 at once."""
+    import threading
+
+    from officegrid.backoff import Backoff
+
+    g = Grid(tmp_path, None).start({"OFFICEGRID_TRANSFER_SLOTS": "8",
+                                    "OFFICEGRID_TRANSFER_RETRY_AFTER": "0.05"})
+    try:
+        blobs = [g.admin.put_blob(os.urandom(200_000) + bytes([i])) for i in range(4)]
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def pull():
+            with Client(g.server.url, g.server.admin_token, max_retry_time=300,
+                        backoff=Backoff(0.05, 1.0)) as c:
+                try:
+                    got = c.fetch_blobs(blobs)
+                    assert [h for h, _ in got] == blobs
+                except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                    with lock:
+                        errors.append(exc)
+
+        threads = [threading.Thread(target=pull) for _ in range(200)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert errors == []
+        stats = g.admin._json("GET", "/transfers")
+        assert stats["cap"] == 8 and 1 <= stats["peak"] <= 8
+        # Every slot is given back (just after each answer is sent).
+        wait_for(lambda: g.admin._json("GET", "/transfers")["held"] == 0, 10,
+                 what="slots released")
+    finally:
+        g.close()

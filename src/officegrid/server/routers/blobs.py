@@ -9,10 +9,12 @@ import blake3
 import zstandard
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from officegrid import protocol as p
 from officegrid.cas import BlobError, BlobMissing, check_hash
 from officegrid.server.auth import admin_or_worker, ctx_of
+from officegrid.server.store import pacing as pacing_q
 
 router = APIRouter(dependencies=[Depends(admin_or_worker)])
 
@@ -113,9 +115,43 @@ async def put_blobs(request: Request) -> p.Ack:
     return p.Ack(detail=f"stored {n}")
 
 
+async def take_slot(request: Request) -> int:
+    """Take a site-wide transfer slot or answer 503 with Retry-After (the client backs off with
+    jitter, per server). Returns the slot id, to be released after the answer is sent."""
+    ctx = ctx_of(request)
+    s = ctx.settings
+    now = ctx.now()
+    slot, held = await ctx.tx(pacing_q.acquire, s.transfer_slots, f"pid{os.getpid()}", now,
+                              s.transfer_slot_ttl)
+    if not slot:
+        raise HTTPException(
+            503, detail={"code": p.E_BUSY, "message": f"all {s.transfer_slots} transfer slots "
+                         "are in use: retry later"},
+            headers={p.RETRY_AFTER: f"{s.transfer_retry_after:g}"})
+    ctx.transfer_peak = max(ctx.transfer_peak, held)
+    return slot
+
+
+def _release_task(request: Request, slot: int) -> BackgroundTask:
+    ctx = ctx_of(request)
+
+    async def free() -> None:
+        await ctx.tx(pacing_q.release, slot)
+
+    return BackgroundTask(free)
+
+
+@router.get("/transfers")
+async def transfers(request: Request) -> dict:
+    """Transfer slots: the cap, how many are held now, the most this process saw held."""
+    ctx = ctx_of(request)
+    held = await ctx.read(pacing_q.held, ctx.now())
+    return {"cap": ctx.settings.transfer_slots, "held": held, "peak": ctx.transfer_peak}
+
+
 @router.get("/blobs/{digest}")
 async def get_blob(digest: str, request: Request) -> Response:
-    """One blob as its stored zstd frame."""
+    """One blob as its stored zstd frame (takes a transfer slot while it is sent)."""
     ctx = ctx_of(request)
     try:
         path = ctx.blobs.path(digest)
@@ -123,7 +159,8 @@ async def get_blob(digest: str, request: Request) -> Response:
         raise _bad(str(exc)) from None
     if not path.is_file():
         raise HTTPException(404, detail={"code": p.E_NOT_FOUND, "message": f"no blob {digest}"})
-    return FileResponse(path, media_type=p.ZSTD)
+    slot = await take_slot(request)
+    return FileResponse(path, media_type=p.ZSTD, background=_release_task(request, slot))
 
 
 @router.post("/blobs/fetch")
@@ -145,10 +182,17 @@ async def fetch_blobs(body: p.BlobsQuery, request: Request) -> Response:
             items.append((h, frame))
         return p.encode_blob_batch(items)
 
+    slot = await take_slot(request)
     try:
         data = await ctx.run(gather)
     except BlobMissing as exc:
+        await ctx.tx(pacing_q.release, slot)
         raise HTTPException(404, detail={"code": p.E_NOT_FOUND, "message": str(exc)}) from None
     except BlobError as exc:
+        await ctx.tx(pacing_q.release, slot)
         raise _bad(str(exc)) from None
-    return Response(content=data, media_type=p.BLOB_BATCH)
+    except BaseException:
+        await ctx.tx(pacing_q.release, slot)
+        raise
+    return Response(content=data, media_type=p.BLOB_BATCH,
+                    background=_release_task(request, slot))

@@ -182,3 +182,11 @@ import_failures = Table(
     Column("failures", Integer, nullable=False, default=0),
     Column("last_error", Text),
 )
+
+transfer_slots = Table(
+    "transfer_slots",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("holder", String(100), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
