@@ -50,6 +50,7 @@ class ServerSettings(_Settings):
     unhealthy_after: int = 5  # consecutive failures spanning >= 2 jobs sideline a worker
     sideline_seconds: float = 600.0
     speculative_after: float = 60.0  # min age of a lease before a second copy may be run
+    keep_releases: int = 10  # per channel, the last N releases stay available for rollback
     blob_gc_interval: float = 600.0
     blob_gc_grace: float = 3600.0  # unreferenced blobs younger than this are kept (uploads)
     transfer_slots: int = 32  # bulk downloads served at once, site-wide (all server processes)
@@ -73,6 +74,8 @@ class WorkerSettings(_Settings):
     backoff_cap: float = 60.0
     vacate_grace: float = 5.0  # seconds a runner gets to stop before its tree is killed
     progress_interval: float = 0.5
+    keep_releases: int = 3  # materialized releases kept besides those in use
+    cache_max_bytes: int = 5 << 30  # chunk cache cap; unneeded chunks beyond it are dropped
     trusted_keys: list[Path] = []  # public keys; when set, only releases they signed run
 
 

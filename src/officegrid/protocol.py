@@ -210,6 +210,7 @@ class ReleaseInfo(Model):
     total_bytes: int
     signature: str | None = None
     signer: str | None = None
+    pruned_at: float | None = Field(None, description="set once retention released its files")
     channels: list[str] = Field(default_factory=list)
 
 

@@ -125,3 +125,37 @@ def test_transfer_slots_cap_a_stampede(tmp_path):
                  what="slots released")
     finally:
         g.close()
+
+
+def test_retention_keeps_last_releases_per_channel(tmp_path):
+    g = Grid(tmp_path, None).start({"OFFICEGRID_KEEP_RELEASES": "2",
+                                    "OFFICEGRID_BLOB_GC_INTERVAL": "0.3",
+                                    "OFFICEGRID_BLOB_GC_GRACE": "0.5"})
+    try:
+        from grid import publish
+
+        ids, files = [], []
+        for i in range(4):
+            d = tmp_path / f"r{i}"
+            d.mkdir()
+            (d / "job.py").write_text(f"VERSION = {i}\n")
+            ids.append(publish(g.admin, d))
+            files.append(b"VERSION = %d\n" % i)
+        from officegrid.cas import hash_bytes
+
+        def blob_exists(data: bytes) -> bool:
+            h = hash_bytes(data)
+            return (g.server.data_dir / "blobs" / h[:2] / h[2:]).exists()
+
+        wait_for(lambda: not blob_exists(files[0]) and not blob_exists(files[1]), 30,
+                 what="old releases collected")
+        assert blob_exists(files[2]) and blob_exists(files[3])
+        rows = {r["id"]: r for r in g.admin.releases()}
+        assert rows[ids[0]]["pruned_at"] and rows[ids[1]]["pruned_at"]
+        assert rows[ids[2]]["pruned_at"] is None
+        with pytest.raises(ApiError) as exc:
+            g.admin.promote("worker", release=ids[0])
+        assert "pruned" in exc.value.message
+        g.admin.promote("worker", release=ids[2])  # rollback within the kept window works
+    finally:
+        g.close()

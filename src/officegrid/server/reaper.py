@@ -13,6 +13,7 @@ import time
 
 from officegrid.server.context import ServerContext
 from officegrid.server.store import blobrefs
+from officegrid.server.store import releases as releases_q
 from officegrid.server.store import units as units_q
 
 log = logging.getLogger("officegrid.server.reaper")
@@ -59,7 +60,12 @@ def collect_blobs(ctx: ServerContext) -> int:
     The grace period protects uploads in progress (a job's inputs are uploaded before the job
     that references them is created). Returns the number removed.
     """
-    cutoff = time.time() - ctx.settings.blob_gc_grace
+    s = ctx.settings
+    cutoff = time.time() - s.blob_gc_grace
+    with ctx.db.tx() as conn:
+        pruned = releases_q.prune(conn, s.keep_releases, time.time(), s.blob_gc_grace)
+    if pruned:
+        log.info("retention pruned %d releases", len(pruned))
     on_disk = list(ctx.blobs)
     with ctx.db.read() as conn:
         keep = blobrefs.referenced(conn)

@@ -35,6 +35,7 @@ from officegrid.client import ApiError, Client
 from officegrid.config import WorkerSettings
 from officegrid.logblob import encode_logs
 from officegrid.worker import processes
+from officegrid.worker.cache import prune_worker_cache
 from officegrid.worker.fetch import blob_fetcher
 from officegrid.worker.identity import (
     AgentError,
@@ -376,10 +377,15 @@ class Agent:
             assert self.client is not None
             stats = materialize(release_id, dest, cache=self.cache,
                                 fetch=blob_fetcher(self.client))
+            os.utime(dest)  # most recently used: kept by the cache bound
             if not stats.already_present:
                 log.info("release %s: fetched %d manifests, %d chunks, %d bytes",
                          release_id[:12], stats.manifests_fetched, stats.chunks_fetched,
                          stats.bytes_fetched)
+                with self.lock:
+                    in_use = {ru.lease.release for ru in self.running.values()} | {release_id}
+                prune_worker_cache(dest.parent, self.cache, in_use, self.settings.keep_releases,
+                                   self.settings.cache_max_bytes)
         return dest
 
     def _execute(self, ru: RunningUnit, release_dir: Path, attempt_dir: Path) -> p.Lease | None:

@@ -76,6 +76,7 @@ releases = Table(
     Column("total_bytes", BigInteger, nullable=False, default=0),
     Column("signature", Text),  # base64 Ed25519 over the release id (see officegrid.signing)
     Column("signer", String(32)),  # key id
+    Column("pruned_at", Float),  # its blobs were released by retention; it can no longer run
 )
 
 release_blobs = Table(
