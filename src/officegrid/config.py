@@ -37,6 +37,7 @@ class ServerSettings(_Settings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     threads: int = 16  # bounded pool for blocking store calls
+    auth_cache_seconds: float = 2.0  # token lookups reused this long (revocation delay)
     lease_seconds: float = 120.0  # a lease lives this long without a heartbeat
     heartbeat_interval: float = 20.0  # what workers are told to use
     reaper_interval: float = 2.0  # how often expired leases are requeued

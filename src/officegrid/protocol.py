@@ -368,7 +368,12 @@ class HeartbeatResponse(Model):
 
 
 class Completion(Model):
-    result: str = Field(description="blob hash of the unit's result (stored before this call)")
+    """A finished attempt. A small result (and log) may travel inline as a base64 zstd frame;
+    the server stores it, fsynced, before the transaction that records the completion."""
+
+    result: str = Field(description="blob hash of the unit's result")
+    result_inline: str | None = Field(None, description="base64 zstd frame of the result")
+    log_inline: str | None = Field(None, description="base64 zstd frame of the log blob")
     records_done: int
     record_errors: int
     columns: list[str]

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from officegrid import __version__, protocol
 from officegrid.cas import ContentStore
 from officegrid.config import ServerSettings
+from officegrid.server.auth import TokenCache
 from officegrid.server.context import ServerContext
 from officegrid.server.reaper import run_reaper
 from officegrid.server.routers import blobs, jobs, releases, tokens, workers
@@ -63,6 +64,7 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
                   lifespan=lifespan, openapi_url=f"{protocol.API}/openapi.json",
                   docs_url=f"{protocol.API}/docs", redoc_url=None)
     app.state.ctx = ctx
+    ctx.token_cache = TokenCache(settings.auth_cache_seconds)
     for r in (tokens.router, workers.router, releases.router, jobs.router, blobs.router):
         app.include_router(r, prefix=protocol.API)
 

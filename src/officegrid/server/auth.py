@@ -6,6 +6,7 @@ lease, heartbeat, fetch and report); enroll tokens may only register a new worke
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,38 @@ from officegrid.server.store import workers as workers_q
 
 @dataclass
 class Principal:
-    """Who is calling: the token row, and the worker row for worker tokens."""
+    """Who is calling: the token row, the worker's id and name for worker tokens, and the agent
+    run (instance header) the request claims to come from."""
 
     kind: str
     token: dict[str, Any]
     worker: dict[str, Any] | None = None
+    instance: str | None = None
+
+
+class TokenCache:
+    """Token lookups kept for ``ttl`` seconds, so a request does not cost a store transaction
+    for authentication. A revocation therefore takes effect within ``ttl`` seconds in every
+    server process (at once in the one that revoked). Session ownership is never cached: it is
+    checked inside each worker call's own transaction."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, dict, dict | None]] = {}
+
+    def get(self, secret: str) -> tuple[dict, dict | None] | None:
+        hit = self._entries.get(secret)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1], hit[2]
+
+    def put(self, secret: str, tok: dict, worker: dict | None) -> None:
+        if len(self._entries) > 100_000:
+            self._entries.clear()
+        self._entries[secret] = (time.monotonic() + self.ttl, tok, worker)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def ctx_of(request: Request) -> ServerContext:
@@ -53,12 +81,22 @@ async def principal(request: Request) -> Principal:
     ctx = ctx_of(request)
     now = ctx.now()
 
+    secret = secret.strip()
+
     def look(conn):
-        tok = tokens_q.lookup(conn, secret.strip())
+        tok = tokens_q.lookup(conn, secret)
         worker = workers_q.by_token(conn, tok["id"]) if tok and tok["kind"] == "worker" else None
+        if worker is not None:
+            worker = {"id": worker["id"], "name": worker["name"]}
         return tok, worker
 
-    tok, worker = await ctx.read(look)
+    cached = ctx.token_cache.get(secret)
+    if cached is not None:
+        tok, worker = cached
+    else:
+        tok, worker = await ctx.read(look)
+        if tok is not None:
+            ctx.token_cache.put(secret, tok, worker)
     if tok is None:
         raise unauthorized("unknown token (wrong server, or a mistyped token)")
     if tok["revoked"]:
@@ -89,7 +127,9 @@ async def worker(request: Request, p: Principal = Depends(principal)) -> Princip
 
 
 async def worker_session(request: Request, p: Principal = Depends(worker)) -> Principal:
-    """A worker call that must come from the agent run holding the session (clone detection)."""
-    instance = request.headers.get(protocol.INSTANCE_HEADER)
-    workers_q.check_instance(None, p.worker, instance)  # type: ignore[arg-type]
+    """A worker call that must come from the agent run holding the session (clone detection).
+
+    The route checks ``p.instance`` against the worker row inside its own transaction
+    (``workers_q.check_instance``)."""
+    p.instance = request.headers.get(protocol.INSTANCE_HEADER)
     return p

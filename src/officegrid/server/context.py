@@ -29,6 +29,7 @@ class ServerContext:
     limiter: anyio.CapacityLimiter
     work_event: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.time)
+    token_cache: Any = None  # auth.TokenCache, set by the app factory
     transfer_peak: int = 0  # most slots seen held at once by this process (for operators/tests)
 
     @property

@@ -13,6 +13,7 @@ process tree is killed after a short grace, and the unit is given back without u
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import psutil
 from officegrid import __version__
 from officegrid import protocol as p
 from officegrid.backoff import Backoff
-from officegrid.cas import ContentStore
+from officegrid.cas import ContentStore, compress, hash_bytes
 from officegrid.client import ApiError, Client
 from officegrid.config import WorkerSettings
 from officegrid.logblob import encode_logs
@@ -53,6 +54,7 @@ from officegrid.worker.identity import (
 log = logging.getLogger("officegrid.worker")
 
 IMPORT_ERROR_EXIT = 3
+INLINE_MAX = 1 << 20  # compressed bytes of a result sent inside the completion request
 SECRET_ENV = ("OFFICEGRID_TOKEN", "OFFICEGRID_ENROLL", "OFFICEGRID_TOKEN_FILE")
 
 
@@ -467,16 +469,27 @@ class Agent:
                 ru, p.FailureKind.crash,
                 f"the runner wrote {records} result lines for {ru.lease.count} records",
                 attempt_dir)
-        result = self.client.put_blob(data)
-        log_blob = self.client.put_blob(encode_logs(logs))
+        result, result_inline = self._blob_or_inline(data)
+        log_blob, log_inline = self._blob_or_inline(encode_logs(logs))
         res = self.client.complete(ru.lease.attempt, p.Completion(
-            result=result, records_done=records - errors,
+            result=result, result_inline=result_inline, log_inline=log_inline,
+            records_done=records - errors,
             record_errors=errors, columns=columns, log=log_blob,
             want_next=not (self.stopping.is_set() or self.draining),
             resources=self._resources()))
         if res.outcome != "accepted":
             log.info("unit %s: another attempt completed first; result discarded", ru.lease.unit)
         return res.next
+
+    def _blob_or_inline(self, data: bytes) -> tuple[str, str | None]:
+        """(hash, base64 frame to send inline) for small blobs; big ones are uploaded first."""
+        assert self.client is not None
+        frame = compress(data)
+        digest = hash_bytes(data)
+        if len(frame) <= INLINE_MAX:
+            return digest, base64.b64encode(frame).decode("ascii")
+        self.client.put_frame(digest, frame)
+        return digest, None
 
     def _report_failure(self, ru: RunningUnit, kind: p.FailureKind, error: str,
                         attempt_dir: Path) -> None:

@@ -55,7 +55,9 @@ async def list_tokens(request: Request) -> list[p.TokenInfo]:
 @router.delete("/tokens/{name}", response_model=p.Ack, dependencies=[Depends(admin)])
 async def revoke_token(name: str, request: Request) -> p.Ack:
     """Revoke the tokens named ``name`` (a worker name or a token label)."""
-    n = await ctx_of(request).tx(tokens_q.revoke, name)
+    ctx = ctx_of(request)
+    n = await ctx.tx(tokens_q.revoke, name)
+    ctx.token_cache.clear()
     return p.Ack(detail=f"revoked {n} token(s) named {name!r}")
 
 

@@ -7,12 +7,14 @@ work; the answer then carries retry-after (workers add jitter).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from officegrid import protocol as p
+from officegrid.cas import BlobError
 from officegrid.server.auth import Principal, admin, ctx_of, worker, worker_session
 from officegrid.server.store import units as units_q
 from officegrid.server.store import workers as workers_q
@@ -61,6 +63,7 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
         now = ctx.now()
         with ctx.db.tx() as conn:
             row = workers_q.get(conn, w["id"])
+            workers_q.check_instance(conn, w["id"], who.instance, row)
             workers_q.touch(conn, w["id"], now, resources=resources)
             if row["draining"]:
                 return [], "draining: finishing current work, taking no more"
@@ -102,12 +105,13 @@ async def heartbeat(body: p.Heartbeat, request: Request,
     nonce = workers_q.new_nonce()
 
     def run(conn):
+        row = workers_q.get(conn, w["id"])
+        workers_q.check_instance(conn, w["id"], who.instance, row)
         workers_q.touch(conn, w["id"], now, body.state, body.reason,
                         body.resources.model_dump() if body.resources else None, nonce)
         renewed, abort = units_q.heartbeat(conn, w["id"], body.attempts, body.progress, now,
                                            ctx.policy)
-        drain = workers_q.get(conn, w["id"])["draining"]
-        return renewed, abort, drain
+        return renewed, abort, row["draining"]
 
     renewed, abort, drain = await ctx.tx(run)
     return p.HeartbeatResponse(renewed=renewed, abort=abort, drain=bool(drain), nonce=nonce,
@@ -123,27 +127,37 @@ async def complete(attempt_id: str, body: p.Completion, request: Request,
     """
     ctx = ctx_of(request)
     w = who.worker
-    if not await ctx.run(ctx.blobs.has, body.result):
-        raise HTTPException(409, detail={"code": p.E_CONFLICT,
-                                         "message": f"result blob {body.result} is not stored: "
-                                                    "upload it before completing"})
     now = ctx.now()
 
-    def run(conn):
-        outcome = units_q.complete(conn, attempt_id, w["id"], body.result, body.columns,
-                                   body.records_done, body.record_errors, body.log, now)
-        nxt = None
-        if body.want_next:
+    def run():
+        # The result blob is stored (fsynced) before the transaction that references it.
+        for digest, inline in ((body.result, body.result_inline), (body.log, body.log_inline)):
+            if inline is not None and digest is not None:
+                ctx.blobs.put_frame(digest, base64.b64decode(inline))
+        if not ctx.blobs.has(body.result):
+            raise HTTPException(409, detail={
+                "code": p.E_CONFLICT,
+                "message": f"result blob {body.result} is not stored: upload it first"})
+        with ctx.db.tx() as conn:
             row = workers_q.get(conn, w["id"])
+            workers_q.check_instance(conn, w["id"], who.instance, row)
+            outcome = units_q.complete(conn, attempt_id, w["id"], body.result, body.columns,
+                                       body.records_done, body.record_errors, body.log, now)
+            nxt = None
             sidelined = row["sidelined_until"] and row["sidelined_until"] > now
-            if not row["draining"] and not sidelined:
-                skip = frozenset(body.resources.broken_releases) if body.resources else frozenset()
+            if body.want_next and not row["draining"] and not sidelined:
+                skip = frozenset(body.resources.broken_releases) if body.resources \
+                    else frozenset()
                 got = units_q.claim(conn, w["id"], 1, now, ctx.policy, skip,
                                     skip_locked=not ctx.db.is_sqlite)
                 nxt = got[0] if got else None
-        return outcome, nxt
+            return outcome, nxt
 
-    outcome, nxt = await ctx.tx(run)
+    try:
+        outcome, nxt = await ctx.run(run)
+    except (BlobError, ValueError) as exc:
+        raise HTTPException(422, detail={"code": p.E_INVALID,
+                                         "message": f"inline blob rejected: {exc}"}) from None
     return p.CompletionResponse(outcome=outcome, next=p.Lease(**nxt) if nxt else None)
 
 
@@ -152,8 +166,13 @@ async def fail(attempt_id: str, body: p.Failure, request: Request,
                who: Principal = Depends(worker_session)) -> p.Ack:
     """Report an attempt that failed (exception/crash/import error)."""
     ctx = ctx_of(request)
-    res = await ctx.tx(units_q.fail, attempt_id, who.worker["id"], body.kind.value, body.error,
-                       body.log, ctx.now(), ctx.policy)
+
+    def run(conn):
+        workers_q.check_instance(conn, who.worker["id"], who.instance)
+        return units_q.fail(conn, attempt_id, who.worker["id"], body.kind.value, body.error,
+                            body.log, ctx.now(), ctx.policy)
+
+    res = await ctx.tx(run)
     ctx.wake_workers()
     return p.Ack(detail=json.dumps(res))
 
@@ -163,8 +182,13 @@ async def vacate(attempt_id: str, body: p.Vacate, request: Request,
                  who: Principal = Depends(worker_session)) -> p.Ack:
     """Give a unit back without using any budget (owner returned, shutdown)."""
     ctx = ctx_of(request)
-    state = await ctx.tx(units_q.vacate, attempt_id, who.worker["id"], body.reason, body.log,
-                         ctx.now())
+
+    def run(conn):
+        workers_q.check_instance(conn, who.worker["id"], who.instance)
+        return units_q.vacate(conn, attempt_id, who.worker["id"], body.reason, body.log,
+                              ctx.now())
+
+    state = await ctx.tx(run)
     ctx.wake_workers()
     return p.Ack(detail=state)
 

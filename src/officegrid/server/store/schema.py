@@ -153,7 +153,7 @@ units = Table(
     UniqueConstraint("job_id", "seq"),
 )
 Index("ix_units_state_job_seq", units.c.state, units.c.job_id, units.c.seq)
-Index("ix_units_job_state", units.c.job_id, units.c.state)
+Index("ix_units_job_state_seq", units.c.job_id, units.c.state, units.c.seq)
 
 attempts = Table(
     "attempts",

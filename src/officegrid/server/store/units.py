@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, and_, case, delete, exists, func, insert, select, update
 
 from officegrid.server.store import workers as workers_q
 from officegrid.server.store.common import Conflict, Forbidden, Invalid, NotFound, dumps
@@ -67,23 +67,22 @@ def _active_attempts(conn: Connection, unit_id: int) -> int:
     ).scalar_one()
 
 
-def _release_for(conn: Connection, row: Any, cache: dict[str, str | None]) -> str | None:
-    if row.pinned_release:
-        return row.pinned_release
-    if row.job_release:
-        return row.job_release
-    if row.channel not in cache:
-        q = select(channels.c.release_id).where(channels.c.name == row.channel)
+def _channel_release(conn: Connection, channel: str | None,
+                     cache: dict[str, str | None]) -> str | None:
+    if channel is None:
+        return None
+    if channel not in cache:
+        q = select(channels.c.release_id).where(channels.c.name == channel)
         r = conn.execute(q).first()
-        cache[row.channel] = r.release_id if r else None
-    return cache[row.channel]
+        cache[channel] = r.release_id if r else None
+    return cache[channel]
 
 
-def _lease(row: Any, attempt_id: str, release: str, now: float, policy: Policy,
+def _lease(row: Any, entry: str, attempt_id: str, release: str, now: float, policy: Policy,
            speculative: bool = False) -> dict[str, Any]:
     return {
         "attempt": attempt_id, "unit": row.id, "job": row.job_id, "seq": row.seq,
-        "release": release, "entry": row.entry, "input": row.input_blob, "count": row.count,
+        "release": release, "entry": entry, "input": row.input_blob, "count": row.count,
         "expires_at": now + policy.lease_seconds, "lease_seconds": policy.lease_seconds,
         "speculative": speculative,
     }
@@ -111,43 +110,45 @@ def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
     points to now. ``skip_locked`` (PostgreSQL) lets several server processes claim concurrently
     without waiting on each other.
     """
-    cols = (units.c.id, units.c.job_id, units.c.seq, units.c.input_blob, units.c.count,
-            units.c.pinned_release, jobs.c.entry, jobs.c.channel,
-            jobs.c.release_id.label("job_release"))
+    running = conn.execute(
+        select(jobs.c.id, jobs.c.entry, jobs.c.channel, jobs.c.release_id)
+        .where(jobs.c.state == "running").order_by(jobs.c.priority.desc(), jobs.c.id)
+    ).all()
     failed_here = exists().where(attempts.c.unit_id == units.c.id,
                                  attempts.c.worker_id == worker_id,
                                  attempts.c.state == "failed")
-    rows: list[Any] = []
-    for avoid_failed in (True, False):
-        q = (
-            select(*cols).join(jobs, jobs.c.id == units.c.job_id)
-            .where(units.c.state == "queued", jobs.c.state == "running")
-            .order_by(jobs.c.priority.desc(), units.c.job_id, units.c.seq)
-            .limit(n + len(skip_releases) * 4)
-        )
-        if avoid_failed:
-            q = q.where(~failed_here)
-        if skip_locked:
-            q = q.with_for_update(of=units, skip_locked=True)
-        rows = conn.execute(q).all()
-        if rows:
-            break
     leases: list[dict[str, Any]] = []
-    cache: dict[str, str | None] = {}
-    for row in rows:
-        if len(leases) >= n:
+    channel_cache: dict[str, str | None] = {}
+    for avoid_failed in (True, False):
+        for job in running:
+            if len(leases) >= n:
+                break
+            job_release = job.release_id or _channel_release(conn, job.channel, channel_cache)
+            # One index range scan per job (units by job, state, seq): no sort of the queue.
+            q = (select(units.c.id, units.c.job_id, units.c.seq, units.c.input_blob,
+                        units.c.count, units.c.pinned_release)
+                 .where(units.c.job_id == job.id, units.c.state == "queued")
+                 .order_by(units.c.seq).limit(n - len(leases) + len(skip_releases) * 4))
+            if avoid_failed:
+                q = q.where(~failed_here)
+            if skip_locked:
+                q = q.with_for_update(of=units, skip_locked=True)
+            for row in conn.execute(q).all():
+                if len(leases) >= n:
+                    break
+                release = row.pinned_release or job_release
+                if release is None or release in skip_releases:
+                    continue
+                res = conn.execute(
+                    update(units).where(units.c.id == row.id, units.c.state == "queued")
+                    .values(state="leased", leased_at=now))
+                if res.rowcount != 1:
+                    continue
+                attempt_id = _insert_attempt(conn, row.id, worker_id, release, now, policy,
+                                             False)
+                leases.append(_lease(row, job.entry, attempt_id, release, now, policy))
+        if leases:
             break
-        release = _release_for(conn, row, cache)
-        if release is None or release in skip_releases:
-            continue
-        res = conn.execute(
-            update(units).where(units.c.id == row.id, units.c.state == "queued")
-            .values(state="leased", leased_at=now)
-        )
-        if res.rowcount != 1:
-            continue
-        attempt_id = _insert_attempt(conn, row.id, worker_id, release, now, policy, False)
-        leases.append(_lease(row, attempt_id, release, now, policy))
     if not leases:
         spec = claim_speculative(conn, worker_id, now, policy, skip_locked)
         if spec:
@@ -193,7 +194,7 @@ def claim_speculative(conn: Connection, worker_id: int, now: float, policy: Poli
         .where(attempts.c.unit_id == row.id, attempts.c.state == "active")
     ).scalar_one()
     attempt_id = _insert_attempt(conn, row.id, worker_id, release, now, policy, True)
-    return _lease(row, attempt_id, release, now, policy, speculative=True)
+    return _lease(row, row.entry, attempt_id, release, now, policy, speculative=True)
 
 
 def _attempt_for(conn: Connection, attempt_id: str, worker_id: int) -> Any:
@@ -218,17 +219,24 @@ def complete(conn: Connection, attempt_id: str, worker_id: int, result_blob: str
         Forbidden: the attempt belongs to another worker.
         Conflict: the attempt already reported a failure.
     """
-    a = _attempt_for(conn, attempt_id, worker_id)
+    a = conn.execute(
+        select(attempts, units.c.count.label("unit_count"), units.c.job_id)
+        .join(units, units.c.id == attempts.c.unit_id).where(attempts.c.id == attempt_id)
+    ).first()
+    if a is None:
+        raise NotFound(f"attempt {attempt_id!r} was never issued")
+    if a.worker_id != worker_id:
+        raise Forbidden(f"attempt {attempt_id} was issued to another worker")
     if a.state == "completed":
         return "accepted"
     if a.state == "failed":
         raise Conflict(f"attempt {attempt_id} already reported a failure")
-    unit = conn.execute(select(units.c.count, units.c.job_id).where(units.c.id == a.unit_id)).one()
-    if records_done + record_errors != unit.count:
+    unit = a
+    if records_done + record_errors != a.unit_count:
         # A result must cover the unit's records exactly; anything else is a worker bug.
         raise Invalid(
             f"result covers {records_done} records + {record_errors} errors, "
-            f"unit {a.unit_id} has {unit.count} records"
+            f"unit {a.unit_id} has {a.unit_count} records"
         )
     res = conn.execute(
         update(units).where(units.c.id == a.unit_id, units.c.state.in_(OPEN))
@@ -237,13 +245,17 @@ def complete(conn: Connection, attempt_id: str, worker_id: int, result_blob: str
                 records_done=records_done, record_errors=record_errors, done_at=now)
     )
     if res.rowcount == 1:
-        conn.execute(update(attempts).where(attempts.c.id == attempt_id)
-                     .values(state="completed", finished_at=now, log_blob=log_blob,
-                             progress=records_done + record_errors))
-        # Other copies still running are told to stop at their next heartbeat.
-        conn.execute(update(attempts)
-                     .where(attempts.c.unit_id == a.unit_id, attempts.c.state == "active")
-                     .values(state="aborted", finished_at=now, error="another attempt completed"))
+        # This attempt completes; other copies still running are told to stop at their next
+        # heartbeat (one statement for both).
+        me = attempts.c.id == attempt_id
+        conn.execute(
+            update(attempts)
+            .where(attempts.c.unit_id == a.unit_id, me | (attempts.c.state == "active"))
+            .values(state=case((me, "completed"), else_="aborted"), finished_at=now,
+                    log_blob=case((me, log_blob), else_=attempts.c.log_blob),
+                    progress=case((me, records_done + record_errors),
+                                  else_=attempts.c.progress),
+                    error=case((me, None), else_="another attempt completed")))
         conn.execute(delete(import_failures).where(import_failures.c.job_id == unit.job_id,
                                                    import_failures.c.release_id == a.release_id))
         workers_q.record_success(conn, worker_id)
@@ -483,13 +495,13 @@ def extend_live_leases(conn: Connection, now: float, grace: float) -> int:
 
 def finalize_job(conn: Connection, job_id: int, now: float) -> str | None:
     """Mark a running or paused job done/failed once none of its units is open."""
-    job = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
-    if job is None or job.state not in ("running", "paused"):
-        return None
     still_open = conn.execute(
         select(units.c.id).where(units.c.job_id == job_id, units.c.state.in_(OPEN)).limit(1)
     ).first()
-    if still_open is not None:
+    if still_open is not None:  # the common case: one indexed probe
+        return None
+    job = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
+    if job is None or job.state not in ("running", "paused"):
         return None
     quarantined = conn.execute(
         select(units.c.id).where(units.c.job_id == job_id, units.c.state == "quarantined")

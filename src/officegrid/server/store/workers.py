@@ -96,9 +96,17 @@ def open_session(conn: Connection, worker_id: int, instance: str, nonce: str | N
     return fresh
 
 
-def check_instance(conn: Connection, worker: dict[str, Any], instance: str | None) -> None:
-    """Refuse a request from an agent run that does not hold the identity's session."""
-    if worker["instance"] is None or instance != worker["instance"]:
+def check_instance(conn: Connection, worker_id: int, instance: str | None,
+                   row: dict[str, Any] | None = None) -> None:
+    """Refuse a request from an agent run that does not hold the identity's session.
+
+    Raises:
+        IdentityInUse: another agent run holds it (or none has opened a session).
+    """
+    if row is None:
+        row = {"instance": conn.execute(select(workers.c.instance)
+                                        .where(workers.c.id == worker_id)).scalar_one()}
+    if row["instance"] is None or instance != row["instance"]:
         raise IdentityInUse(
             "this agent run does not hold the worker's session (another agent took it over, or "
             "the work dir was copied): re-enroll this agent with a join token"
