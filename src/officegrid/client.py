@@ -73,6 +73,8 @@ class Client:
                  max_retry_time: float | None = 60.0, instance: str | None = None,
                  backoff: Backoff | None = None) -> None:
         self.url = (url or os.environ.get("OFFICEGRID_SERVER") or DEFAULT_SERVER).rstrip("/")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"server URL {self.url!r} must start with http:// or https://")
         self.token = token if token is not None else os.environ.get("OFFICEGRID_TOKEN")
         self.max_retry_time = max_retry_time
         self.backoff = backoff or Backoff(0.5, 30.0)
@@ -287,6 +289,9 @@ class Client:
 
         if unit_size < 1:
             raise ValueError(f"--unit-size must be >= 1, got {unit_size}")
+        if not p.ENTRY_RE.match(entry):
+            raise ValueError(f"--entry {entry!r} is not of the form module:function "
+                             "(e.g. enrich:process or pkg.mod:Class.method)")
         # Refuse an unknown channel or release before reading a possibly huge input.
         try:
             self.release(release or channel or "worker")
@@ -355,7 +360,8 @@ class Client:
 
     def wait(self, job_id: int, poll: float = 1.0, timeout: float | None = None,
              on_update: Callable[[dict], None] | None = None) -> dict:
-        """Block until the job is done, failed or cancelled; return its final state.
+        """Block until the job is done, failed, cancelled or paused (a paused job waits for a
+        person: see its ``reason``); return its state.
 
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
@@ -365,7 +371,7 @@ class Client:
             info = self.job(job_id)
             if on_update:
                 on_update(info)
-            if info["state"] in ("done", "failed", "cancelled"):
+            if info["state"] in ("done", "failed", "cancelled", "paused"):
                 return info
             if timeout is not None and time.monotonic() - start > timeout:
                 raise TimeoutError(f"job {job_id} still {info['state']} after {timeout}s")

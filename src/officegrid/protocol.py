@@ -8,6 +8,7 @@ durations are seconds (float). Nothing here imports server or worker code.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any
 
@@ -237,9 +238,12 @@ class UnitSpec(Model):
     last_key: Any
 
 
+ENTRY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
 class JobCreate(Model):
     name: str | None = None
-    entry: str = Field(description="module:function")
+    entry: str = Field(description="module:function", pattern=ENTRY_RE.pattern)
     channel: str | None = "worker"
     release: str | None = Field(None, description="pin a release instead of following a channel")
     key: str | None = Field(None, description="key column; None = input position")

@@ -237,6 +237,30 @@ def test_copied_work_dir_is_told_to_reenroll(grid, tmp_path):
     assert grid.admin.wait(job["id"], timeout=60)["state"] == "done"
 
 
+def test_copy_made_within_a_heartbeat_loses_to_the_original(tmp_path):
+    from conftest import Grid
+
+    g = Grid(tmp_path, None).start({"OFFICEGRID_HEARTBEAT_INTERVAL": "30"})
+    try:
+        a = g.worker("a")
+        wait_for((a.work_dir / "session.nonce").exists, 30, what="session")
+        copy = tmp_path / "cloned-now"
+        shutil.copytree(a.work_dir, copy, ignore=shutil.ignore_patterns("*.lock"))
+        # The copy holds the live nonce: it takes the session over at first ...
+        clone = WorkerProc(g.server.url, copy, env={}).start()
+        g.workers.append(clone)
+        # ... until the original's next request shows it is alive: the copy is told to go.
+        assert clone.proc.wait(60) == 3
+        assert "enroll" in clone.output()
+        assert a.proc.poll() is None
+        publish(g.admin, release_dir(tmp_path))
+        job = g.admin.submit("job:process", write_csv(tmp_path / "in.csv", 10))
+        assert g.admin.wait(job["id"], timeout=60)["state"] == "done"
+        assert {u["worker"] for u in g.admin.units(job["id"])} == {"a"}
+    finally:
+        g.close()
+
+
 def test_promote_mid_job_never_mixes_releases(grid, tmp_path):
     r1 = publish(grid.admin, release_dir(tmp_path, "v1"))
     env = {"OG_TEST_SLEEP": "0.01"}

@@ -31,9 +31,14 @@ def demo(records: int = typer.Option(200_000, "--records", "-n", help="customer 
          workers: int = typer.Option(2, "--workers", help="worker agents to start"),
          keep: bool = typer.Option(False, "--keep", help="keep the temporary data dir")) -> None:
     """Run the reference job (address enrichment over real ZIP data) on a local grid."""
+    from officegrid.cli.common import fail
     from officegrid.cli.demo import run_demo
 
-    raise typer.Exit(run_demo(records=records, workers=workers, keep=keep))
+    try:
+        code = run_demo(records=records, workers=workers, keep=keep)
+    except RuntimeError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
 
 
 def main() -> None:

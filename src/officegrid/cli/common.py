@@ -86,6 +86,13 @@ def handle_errors(fn: F) -> F:
             fail(str(exc))
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except Exception as exc:
+            import sqlalchemy.exc
+
+            if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+                orig = getattr(exc, "orig", None)
+                fail(f"database: {orig if orig is not None else exc}".splitlines()[0])
+            raise
 
     return wrapper  # type: ignore[return-value]
 

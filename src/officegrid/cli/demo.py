@@ -93,7 +93,8 @@ def run_demo(records: int = 200_000, workers: int = 2, keep: bool = False,
         r1 = publish(c, rel1, "trunk", "address enrichment v1", show_progress=False)
         c.promote("worker", source="trunk")
         err.print(f"release 1 {r1['id'][:12]} published ({r1['file_count']} files, "
-                  f"{r1['bytes_uploaded']:,} bytes uploaded) and promoted to 'worker'")
+                  f"{r1['total_bytes']:,} bytes; {r1['bytes_uploaded']:,} bytes uploaded, "
+                  "compressed) and promoted to 'worker'")
 
         t_submit = time.monotonic()
         job = c.submit("enrich:process", customers, key="customer_id", unit_size=unit_size,
@@ -121,8 +122,8 @@ def run_demo(records: int = 200_000, workers: int = 2, keep: bool = False,
                     promoted = True
                     prog.console.print(
                         f"release 2 {r2['id'][:12]} promoted mid-job: {r2['blobs_uploaded']} "
-                        f"changed blobs, {r2['bytes_uploaded']:,} bytes moved "
-                        f"(release is {r2['total_bytes']:,} bytes)")
+                        f"changed blobs, {r2['bytes_uploaded']:,} bytes moved, compressed "
+                        f"(the release is {r2['total_bytes']:,} bytes)")
                 if info["state"] in ("done", "failed", "cancelled"):
                     break
                 time.sleep(0.3)

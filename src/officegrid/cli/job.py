@@ -26,13 +26,12 @@ from officegrid.cli.common import (
 from officegrid.client import Client
 
 FINISHED = ("done", "failed", "cancelled")
+STOPPED = (*FINISHED, "paused")  # --wait returns on these: a paused job needs a person
 
 
 def _exit_code(info: dict) -> int:
-    """0 when every unit is done; 1 when any was quarantined; 2 cancelled."""
-    if info["state"] == "done":
-        return 0
-    return 2 if info["state"] == "cancelled" else 1
+    """0 when every unit is done; 1 when any was quarantined; 2 cancelled; 3 paused."""
+    return {"done": 0, "cancelled": 2, "paused": 3}.get(info["state"], 1)
 
 
 def _rate_eta(info: dict) -> tuple[float | None, float | None]:
@@ -54,14 +53,15 @@ def _summary_line(info: dict) -> str:
              f"units {c['done']}/{c['units']} done",
              f"records {c['records_done'] + c['record_errors']:,}/{c['records']:,}"]
     if c["record_errors"]:
-        parts.append(f"{c['record_errors']:,} record errors")
+        parts.append(f"{c['record_errors']:,} record error" + ("s" if c["record_errors"] != 1
+                                                               else ""))
     if c["quarantined"]:
         parts.append(f"{c['quarantined']} quarantined")
     if rate:
         parts.append(f"{rate:,.0f} records/s")
     if eta and info["state"] not in FINISHED:
         parts.append(f"ETA {eta:.0f}s")
-    if info.get("reason") and info["state"] != "failed":
+    if info.get("reason") and info["state"] not in ("failed", "cancelled"):
         parts.append(f"({info['reason']})")
     return ", ".join(parts)
 
@@ -86,7 +86,7 @@ def watch_job(c: Client, job_id: int, poll: float = 0.5, console=None) -> dict:
                 extra += f" [yellow]paused: {info['reason']}[/yellow]"
             prog.update(task, total=cnt["records"],
                         completed=cnt["records_done"] + cnt["record_errors"], info=extra)
-            if info["state"] in FINISHED:
+            if info["state"] in STOPPED:
                 return info
             time.sleep(poll)
 
@@ -135,8 +135,16 @@ def submit(
              f"job {info['id']}: {cnt['records']:,} records in {cnt['units']} units"
              + (f", {len(info['bad_rows'])} bad rows skipped" if info["bad_rows"] else ""))
         if wait:
-            final = watch_job(c, info["id"])
+            try:
+                final = watch_job(c, info["id"])
+            except KeyboardInterrupt:
+                say(f"stopped waiting; job {info['id']} goes on: "
+                    f"officegrid status {info['id']} --wait")
+                raise typer.Exit(130) from None
             say(_summary_line(final))
+            if final["state"] == "paused":
+                say(f"job {final['id']} is paused: fix the cause, then `officegrid retry "
+                    f"{final['id']}` (optionally --release ID)")
             raise typer.Exit(_exit_code(final))
 
 
@@ -205,6 +213,10 @@ def results(
         info = c.job(job)
         if info["state"] not in FINISHED:
             say(f"job {job} is {info['state']}: exporting the units done so far")
+        missing = info["counts"]["units"] - info["counts"]["done"]
+        if missing and info["state"] in FINISHED:
+            say(f"warning: {missing} unit(s) of job {job} are not done ({info['state']}): their "
+                "records are not in the export")
         with Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(),
                       console=err, transient=True) as prog:
             task = prog.add_task("export", total=info["counts"]["done"])
@@ -248,7 +260,7 @@ def logs(target: int = typer.Argument(..., help="UNIT id, or JOB id with --job")
         if failed_only:
             attempts = [a for a in attempts if a["state"] == "failed"]
         if not attempts:
-            say("no attempts yet")
+            say("no failed attempts" if failed_only else "no attempts yet")
         for a in attempts:
             out.rule(f"unit {a['unit_id']} attempt {a['id'][:8]} on {a['worker']}: {a['state']}"
                      f" (release {a['release'][:12]})")

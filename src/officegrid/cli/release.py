@@ -134,8 +134,9 @@ def create(directory: Path = typer.Argument(..., help="the code directory to pub
     with client(server, token, ca) as c:
         info = publish(c, directory, channel, message, sign=sign)
     emit(info, as_json, info["id"],
-         f"release {info['id'][:12]}: {info['file_count']} files, {info['total_bytes']:,} bytes; "
-         f"uploaded {info['blobs_uploaded']} blobs ({info['bytes_uploaded']:,} bytes); "
+         f"release {info['id'][:12]}: {info['file_count']} file(s), "
+         f"{info['total_bytes']:,} bytes; uploaded {info['blobs_uploaded']} blob(s) "
+         f"({info['bytes_uploaded']:,} bytes compressed); "
          f"channel {channel} -> {info['id'][:12]}")
 
 

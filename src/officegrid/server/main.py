@@ -69,6 +69,7 @@ def serve(settings: ServerSettings, ready_file: Path | None = None,
                             ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
                             ssl_version=ssl.PROTOCOL_TLS_SERVER, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
+    ctx.shutting_down = lambda: server.should_exit
 
     orig_startup = server.startup
 

@@ -53,7 +53,6 @@ from officegrid.worker.identity import (
 
 log = logging.getLogger("officegrid.worker")
 
-IMPORT_ERROR_EXIT = 3
 INLINE_MAX = 1 << 20  # compressed bytes of a result sent inside the completion request
 SECRET_ENV = ("OFFICEGRID_TOKEN", "OFFICEGRID_ENROLL", "OFFICEGRID_TOKEN_FILE")
 
@@ -116,11 +115,13 @@ class Agent:
             ident = Identity(server=s.server, worker_id=sess.worker_id, name=sess.name,
                              token=s.token)
         elif s.enroll:
-            with Client(s.server, s.enroll, ca=s.ca) as c:
+            # A desktop may boot before the server: keep trying (with backoff) to enroll.
+            with Client(s.server, s.enroll, ca=s.ca, max_retry_time=None,
+                        backoff=self.backoff) as c:
                 res = c.enroll(hostname, plat, s.name)
             ident = Identity(server=s.server, worker_id=res["worker_id"], name=res["name"],
                              token=res["token"])
-            log.warning("enrolled as worker %r", ident.name)
+            print(f"officegrid worker: enrolled as {ident.name!r}", file=sys.stderr, flush=True)
         else:
             raise AgentError(
                 f"no worker identity in {self.work_dir}: start once with --enroll JOIN_TOKEN "
@@ -432,9 +433,8 @@ class Agent:
                 "log": attempt_dir / "attempt.log"}
         if ru.abort.is_set():
             return self._give_back(ru, attempt_dir, logs)
-        if import_error is not None or code == IMPORT_ERROR_EXIT:
-            return self._report_failure(ru, p.FailureKind.import_error,
-                                        import_error or "the release could not be imported",
+        if import_error is not None:  # the runner says so; an exit code alone could be the job's
+            return self._report_failure(ru, p.FailureKind.import_error, import_error,
                                         attempt_dir)
         if code != 0 or final is None or final.get("type") != "done":
             return self._report_failure(ru, p.FailureKind.crash, _crash_text(code, attempt_dir),

@@ -80,7 +80,8 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
         if leases:
             return p.LeaseResponse(leases=[p.Lease(**x) for x in leases])
         remaining = deadline - asyncio.get_running_loop().time()
-        if reason or remaining <= 0 or await request.is_disconnected():
+        stopping = ctx.shutting_down is not None and ctx.shutting_down()
+        if reason or remaining <= 0 or stopping or await request.is_disconnected():
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.work_event.wait(), timeout=min(remaining, s.poll_interval))

@@ -51,6 +51,8 @@ workers = Table(
     Column("instance", String(64)),  # the live agent run holding this identity
     Column("instance_seen_at", Float),
     Column("session_nonce", String(32)),  # rotated each heartbeat; a restarted agent proves it
+    Column("previous_instance", String(64)),  # the run a live session was taken over from
+    Column("banned_instance", String(64)),  # a run found to be a copy: told to re-enroll
     Column("state", String(32), nullable=False, default="offline"),
     Column("reason", Text),
     Column("last_seen", Float),

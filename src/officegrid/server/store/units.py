@@ -300,7 +300,8 @@ def fail(conn: Connection, attempt_id: str, worker_id: int, kind: str, error: st
     unit = conn.execute(select(units).where(units.c.id == a.unit_id)).one()
     job = conn.execute(select(jobs).where(jobs.c.id == unit.job_id)).one()
     paused = False
-    if kind != "refused":  # refusing by policy says nothing about the host's health
+    if kind in ("crash", "setup"):  # the job's own import errors or a refusal by policy say
+        # nothing about the host's health
         workers_q.record_failure(conn, worker_id, job.id, now, policy.unhealthy_after,
                                  policy.sideline_seconds)
     if unit.state not in OPEN:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 
 from officegrid.server.store.common import Conflict, NotFound, dumps, loads
-from officegrid.server.store.schema import attempts, units, workers
+from officegrid.server.store.schema import attempts, tokens, units, workers
 
 
 class IdentityInUse(Conflict):
@@ -79,19 +79,23 @@ def open_session(conn: Connection, worker_id: int, instance: str, nonce: str | N
                workers.c.session_nonce)
         .where(workers.c.id == worker_id)
     ).one()
-    if (row.instance and row.instance != instance and row.instance_seen_at is not None
-            and row.instance_seen_at > now - live_window
-            and (nonce is None or nonce != row.session_nonce)):
+    live = (row.instance and row.instance != instance and row.instance_seen_at is not None
+            and row.instance_seen_at > now - live_window)
+    if live and (nonce is None or nonce != row.session_nonce):
         raise IdentityInUse(
             f"this worker identity is in use by another live agent (host {row.hostname!r}, "
             f"seen {now - row.instance_seen_at:.0f}s ago): was the work dir copied from another "
             "machine? Remove its identity.json and enroll this agent with a join token."
         )
     fresh = new_nonce()
+    # Taking over a live session: an agent restarted after a crash, or a copy of its work dir
+    # made within the last heartbeat. If the previous run speaks again it is alive, so this one
+    # is the copy (see check_instance).
     conn.execute(
         update(workers).where(workers.c.id == worker_id)
         .values(instance=instance, instance_seen_at=now, last_seen=now, state="idle",
-                reason=None, session_nonce=fresh, **info)
+                reason=None, session_nonce=fresh,
+                previous_instance=row.instance if live else None, **info)
     )
     return fresh
 
@@ -104,13 +108,24 @@ def check_instance(conn: Connection, worker_id: int, instance: str | None,
         IdentityInUse: another agent run holds it (or none has opened a session).
     """
     if row is None:
-        row = {"instance": conn.execute(select(workers.c.instance)
-                                        .where(workers.c.id == worker_id)).scalar_one()}
-    if row["instance"] is None or instance != row["instance"]:
-        raise IdentityInUse(
-            "this agent run does not hold the worker's session (another agent took it over, or "
-            "the work dir was copied): re-enroll this agent with a join token"
-        )
+        r = conn.execute(select(workers.c.instance, workers.c.previous_instance)
+                         .where(workers.c.id == worker_id)).one()
+        row = {"instance": r.instance, "previous_instance": r.previous_instance}
+    if instance is not None and instance == row["instance"]:
+        return
+    if instance is not None and instance == row.get("previous_instance"):
+        # The run the session was taken from is alive: the taker was a copy of its work dir.
+        # Two live agents are never both served: the original keeps the identity.
+        conn.execute(update(workers).where(workers.c.id == worker_id)
+                     .values(instance=instance, previous_instance=None,
+                             banned_instance=row["instance"], session_nonce=new_nonce()))
+        row["instance"], row["previous_instance"] = instance, None
+        return
+    raise IdentityInUse(
+        "this agent run does not hold the worker's session: another live agent uses this "
+        "identity (was the work dir copied from another machine?). Remove identity.json from "
+        "this work dir and enroll this agent with a join token"
+    )
 
 
 def touch(conn: Connection, worker_id: int, now: float, state: str | None = None,
@@ -128,8 +143,12 @@ def touch(conn: Connection, worker_id: int, now: float, state: str | None = None
 
 
 def set_draining(conn: Connection, name: str, draining: bool = True) -> dict[str, Any]:
+    """Drain a worker, or undo it (which also lifts a sidelining: the operator vouches)."""
     w = get(conn, name)
-    conn.execute(update(workers).where(workers.c.id == w["id"]).values(draining=draining))
+    values: dict[str, Any] = {"draining": draining}
+    if not draining:
+        values.update(sidelined_until=None, consecutive_failures=0, failure_jobs=None)
+    conn.execute(update(workers).where(workers.c.id == w["id"]).values(**values))
     w["draining"] = draining
     return w
 
@@ -193,10 +212,20 @@ def list_all(conn: Connection, now: float, offline_after: float) -> list[dict[st
             .order_by(func.max(attempts.c.leased_at))
         )
     }
+    revoked = {r.id for r in conn.execute(select(tokens.c.id).where(tokens.c.revoked.is_(True)))}
     for w in rows:
         w["active_units"] = [a.unit_id for a in active if a.worker_id == w["id"]]
         w["release"] = last_release.get(w["id"])
-        if w["last_seen"] is None or w["last_seen"] < now - offline_after:
+        # Derived from the store, not only from the last heartbeat, so the view is current.
+        if w["active_units"]:
+            w["state"], w["reason"] = "running", None
+        elif w["draining"]:
+            w["state"], w["reason"] = "draining", "finishing, taking no more units"
+        elif w["state"] == "running":
+            w["state"] = "idle"
+        if w["token_id"] in revoked:
+            w["state"], w["reason"] = "revoked", "its token was revoked"
+        elif w["last_seen"] is None or w["last_seen"] < now - offline_after:
             w["state"], w["reason"] = "offline", "no heartbeat"
         elif w["sidelined_until"] and w["sidelined_until"] > now:
             w["state"] = "sidelined"
