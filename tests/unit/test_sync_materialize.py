@@ -587,3 +587,36 @@ def test_exploding_tree_of_shared_manifests_refused(
     with pytest.raises(MaterializeError, match="more than 5000"):
         materialize(level, tmp_path / "dest", cache=cache, fetch=server.fetch)
     assert len(server.fetched) <= 21
+
+
+def test_fetch_batches_are_bounded_by_size(tmp_path):
+    """Incompressible chunks: no answer may exceed the batch byte bound (the server caps it)."""
+    import os as _os
+
+    from officegrid import cas as _cas
+    from officegrid.sync import materialize as m
+    from officegrid.sync.tree import build_tree as _build
+    from officegrid.sync.tree import store_tree as _store
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i}.bin").write_bytes(_os.urandom(400_000))
+    tree = _build(src)
+    server = _cas.ContentStore(tmp_path / "server")
+    _store(tree, server)
+    sizes = []
+
+    def fetch(hashes):
+        out = [(h, server.read(h)) for h in hashes]
+        sizes.append(sum(len(d) for _, d in out))
+        return out
+
+    old = m.BATCH_BYTES
+    m.BATCH_BYTES = 1_000_000
+    try:
+        m.materialize(tree.root_hash, tmp_path / "dest", cache=_cas.ContentStore(tmp_path / "c"),
+                      fetch=fetch)
+    finally:
+        m.BATCH_BYTES = old
+    assert max(sizes) <= 1_000_000 and len(sizes) >= 5

@@ -197,7 +197,7 @@ def pull(channel: str = typer.Argument(..., help="channel or release id"),
     start = time.monotonic()
     with client(server, token, ca) as c:
         rid = c.release(channel)["id"]
-        store = ContentStore(cache or default_cache_dir())
+        store = ContentStore(cache or default_cache_dir(), durable=False)
         stats = pull_into(rid, to, cache=store, fetch=blob_fetcher(c))
         received = c.bytes_received
         total = c.release(rid)["total_bytes"]

@@ -228,6 +228,9 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+BATCH_BYTES = 16 << 20  # uncompressed bytes asked for per fetch (the server caps 64 MiB)
+
+
 class _Blobs:
     """Verified access to blobs: from the cache, else fetched (in batches) into the cache."""
 
@@ -241,11 +244,24 @@ class _Blobs:
         self.batch_size = batch_size
         self.stats = stats
 
-    def ensure(self, wanted: dict[str, str], kind: str) -> None:
-        """Fetch the blobs of ``wanted`` (hash -> path needing it) that the cache lacks."""
+    def ensure(self, wanted: dict[str, str], kind: str,
+               sizes: dict[str, int] | None = None) -> None:
+        """Fetch the blobs of ``wanted`` (hash -> path needing it) that the cache lacks, in
+        batches of at most ``batch_size`` blobs and (with ``sizes``) about
+        :data:`BATCH_BYTES` uncompressed bytes, so an answer stays below the server's cap even
+        for content that does not compress."""
         missing = self.cache.missing(wanted)
-        for i in range(0, len(missing), self.batch_size):
-            self._fetch_batch(missing[i : i + self.batch_size], wanted, kind)
+        batch: list[str] = []
+        batch_bytes = 0
+        for digest in missing:
+            size = (sizes or {}).get(digest, 0)
+            if batch and (len(batch) >= self.batch_size or batch_bytes + size > BATCH_BYTES):
+                self._fetch_batch(batch, wanted, kind)
+                batch, batch_bytes = [], 0
+            batch.append(digest)
+            batch_bytes += size
+        if batch:
+            self._fetch_batch(batch, wanted, kind)
 
     def read(self, digest: str, path: str, kind: str) -> bytes:
         """Return a blob's verified content; refetch it once if the cached copy is bad."""
@@ -338,11 +354,13 @@ def _materialize(
             f"release {release_id} needs {total} bytes but only {free} are free in {parent}"
         )
     chunks: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     for path, e in files:
         for digest, size in e.chunks:
             if size > 0:
                 chunks.setdefault(digest, path)
-    blobs.ensure(chunks, "chunk")
+                sizes[digest] = size
+    blobs.ensure(chunks, "chunk", sizes)
 
     for leftover in parent.iterdir():
         if leftover.name.startswith(f".staging-{release_id}-"):

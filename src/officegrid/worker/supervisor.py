@@ -164,7 +164,7 @@ class Agent:
         self.ident = ident
         self.client = Client(ident.server, ident.token, ca=s.ca, instance=self.instance,
                              max_retry_time=None, backoff=self.backoff)
-        self.cache = ContentStore(self.work_dir / "cache")
+        self.cache = ContentStore(self.work_dir / "cache", durable=False)
         self.cache.sweep_temp()
         try:
             sess = self.client.open_session(self._session_request())
