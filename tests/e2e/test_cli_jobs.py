@@ -106,7 +106,7 @@ def test_submit_wait_exits_0_and_prints_the_job_id_last(full_run, mgrid):
     assert info["counts"]["records_done"] == N - 1
     assert info["counts"]["record_errors"] == 1
     assert info["releases"] == {rid: N}
-    assert f"job {job} done, units 5/5 done, records 9/9, 1 record errors" in res.err, res
+    assert f"job {job} done, units 5/5 done, records 9/9, 1 record error" in res.err, res
 
 
 def test_status_shows_done(full_run, cli):
@@ -114,7 +114,7 @@ def test_status_shows_done(full_run, cli):
     job = int(res.last_line)
     st = cli.ok("status", job)
     assert st.lines[0].startswith(f"job {job} done, units 5/5 done, records 9/9, "
-                                  "1 record errors"), st
+                                  "1 record error"), st
     assert f"release {rid[:12]}: 9 records" in st.out, st
     waited = cli("status", job, "--wait")
     assert waited.returncode == 0, waited
@@ -128,7 +128,7 @@ def test_results_every_record_once_in_input_order(full_run, mgrid, cli, fmt):
     job = int(res.last_line)
     out = cli.cwd / f"out.{fmt}"
     exp = cli.ok("results", job, "--out", out.name)
-    assert f"8 rows and 1 record errors from 5 units -> {out.name}" in exp.err, exp
+    assert f"8 rows and 1 record error from 5 units -> {out.name}" in exp.err, exp
     columns = ["id", "double", "odd", "half", "_release", "_unit", "_worker"]
     if fmt == "csv":
         with open(out, newline="") as fh:
@@ -191,7 +191,7 @@ def test_results_to_sql(full_run, cli, url):
     eng = sa.create_engine(url)
     try:
         exp = cli.ok("results", job, "--to-sql", url, "--table", table)
-        assert f"8 rows and 1 record errors from 5 units -> {table}" in exp.err, exp
+        assert f"8 rows and 1 record error from 5 units -> {table}" in exp.err, exp
         with eng.connect() as conn:
             t = sa.Table(table, sa.MetaData(), autoload_with=conn)  # "double" is reserved
             got = [r._asdict() for r in conn.execute(sa.select(t).order_by(t.c.id))]

@@ -45,14 +45,14 @@ def test_create_prints_id_alone_on_last_line(cli, mgrid, tmp_path):
     rid = res.last_line
     assert HEX64.fullmatch(rid), res
     assert f"channel worker -> {rid[:12]}" in res.err, res
-    assert "5 files" in res.err, res
+    assert "5 file(s)" in res.err, res
     # The server knows it under that id, and the channel points at it.
     assert mgrid.admin.release(rid)["id"] == rid
     assert mgrid.admin.release("worker")["id"] == rid
     # Publishing the same tree again gives the same id and uploads nothing.
     again = cli.ok("release", "create", src, "--channel", "worker")
     assert again.lines == [rid], again
-    assert "uploaded 0 blobs" in again.err, again
+    assert "uploaded 0 blob(s)" in again.err, again
 
 
 def test_create_json_prints_whole_object(cli, tmp_path):

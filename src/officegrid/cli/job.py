@@ -224,7 +224,8 @@ def results(
                                    on_progress=lambda i, n: prog.update(task, completed=i,
                                                                         total=n))
     dest = ", ".join(str(x) for x in (out_file, to_sql and f"{table}", errors) if x)
-    say(f"{res['rows']:,} rows and {res['errors']:,} record errors from {res['units']} "
+    errs = f"{res['errors']:,} record error" + ("" if res["errors"] == 1 else "s")
+    say(f"{res['rows']:,} rows and {errs} from {res['units']} "
               f"units -> {dest}")
 
 
