@@ -61,9 +61,10 @@ def _summary_line(info: dict) -> str:
         parts.append(f"{rate:,.0f} records/s")
     if eta and info["state"] not in FINISHED:
         parts.append(f"ETA {eta:.0f}s")
+    line = ", ".join(parts)
     if info.get("reason") and info["state"] not in ("failed", "cancelled"):
-        parts.append(f"({info['reason']})")
-    return ", ".join(parts)
+        line += f" ({info['reason']})"
+    return line
 
 
 def watch_job(c: Client, job_id: int, poll: float = 0.5, console=None) -> dict:

@@ -191,7 +191,8 @@ def _send(proc: psutil.Process, action: str) -> bool:
         return False
 
 
-def sweep_leftovers(marker_prefix: str, timeout: float = 5.0) -> list[int]:
+def sweep_leftovers(marker_prefix: str, timeout: float = 5.0,
+                    keep: Callable[[str], bool] | None = None) -> list[int]:
     """SIGKILL every process whose OFFICEGRID_MARKER starts with ``marker_prefix``.
 
     The supervisor calls this at start with ``f"{workdir_id}:"`` to remove what a previous agent
@@ -199,6 +200,9 @@ def sweep_leftovers(marker_prefix: str, timeout: float = 5.0) -> list[int]:
     could not act on the stdin EOF). Never kills the calling process or its ancestors. Rescans
     until a scan finds nothing new (a leftover may be forking), then waits up to ``timeout``
     seconds for the killed processes to disappear (zombies count as gone).
+
+    ``keep(marker)`` spares matching processes it returns True for (the supervisor spares units
+    of a live agent: a copy of the work dir started on the same host must not kill them).
 
     Returns the pids killed, in the order killed. Raises ValueError if ``marker_prefix`` is empty
     (that would match every marked process of every work dir on the machine).
@@ -208,7 +212,9 @@ def sweep_leftovers(marker_prefix: str, timeout: float = 5.0) -> list[int]:
     killed: list[int] = []
     procs: list[psutil.Process] = []
     for _ in range(_MAX_ROUNDS):
-        new = [p for p in find_marked(lambda m: m.startswith(marker_prefix)) if p.pid not in killed]
+        new = [p for p in find_marked(
+            lambda m: m.startswith(marker_prefix) and not (keep and keep(m)))
+            if p.pid not in killed]
         if not new:
             break
         for proc in new:

@@ -155,10 +155,18 @@ class Agent:
     def _run(self) -> int:
         s = self.settings
         marker_prefix = f"{workdir_id(self.work_dir)}:"
-        killed = processes.sweep_leftovers(marker_prefix)
+
+        def agent_alive(marker: str) -> bool:
+            # Markers are "<workdir id>:<agent pid>:<attempt>": spare units of a live agent
+            # (a copy of this work dir started beside it must not kill its work).
+            parts = marker.split(":")
+            pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
+            return pid != os.getpid() and pid > 0 and psutil.pid_exists(pid)
+
+        killed = processes.sweep_leftovers(marker_prefix, keep=agent_alive)
         if killed:
             log.warning("killed %d leftover unit processes of an earlier agent", len(killed))
-        self.marker_prefix = marker_prefix
+        self.marker_prefix = f"{marker_prefix}{os.getpid()}:"
         shutil.rmtree(self.work_dir / "attempts", ignore_errors=True)
         ident = self._identity()
         self.ident = ident
@@ -268,11 +276,6 @@ class Agent:
             lease = next_lease
             next_lease = None
             if lease is None:
-                if self.draining:
-                    # Heartbeats clear the flag when the operator undoes the drain.
-                    self.state_reason = "draining"
-                    self.stopping.wait(min(self.heartbeat_interval, 1.0))
-                    continue
                 try:
                     res = self.client.lease(p.LeaseRequest(resources=self._resources(),
                                                            max_units=1, wait=s.lease_wait))
@@ -285,12 +288,11 @@ class Agent:
                     continue
                 if not res.leases:
                     self.state_reason = res.reason
-                    if res.reason and res.reason.startswith("draining"):
-                        self.draining = True
-                        continue
+                    self.draining = bool(res.reason and res.reason.startswith("draining"))
                     self.stopping.wait(self.backoff.jitter(res.retry_after or 1.0, 0.5))
                     continue
                 self.state_reason = None
+                self.draining = False
                 lease = res.leases[0]
             if self.stopping.is_set():
                 self._vacate_unstarted(lease)

@@ -88,7 +88,7 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
     if reason is None:
         retry = s.idle_retry_after
     elif reason.startswith("draining"):
-        retry = s.heartbeat_interval  # `drain --undo` reaches the worker by its next heartbeat
+        retry = min(s.heartbeat_interval, 3.0)  # so that `drain --undo` takes effect soon
     else:
         retry = min(s.sideline_seconds, 60.0)
     response.headers[p.RETRY_AFTER] = f"{retry:g}"
