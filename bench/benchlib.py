@@ -539,6 +539,20 @@ def _tree_cpu() -> float:
     return total
 
 
+def _postgres_cpu() -> float:
+    """CPU seconds of the local PostgreSQL server's processes (its backends serve our server:
+    counted apart, not as other people's load)."""
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in ("postgres", "postmaster"):
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system
+    return total
+
+
 def _system_busy() -> float:
     import psutil
 
@@ -550,21 +564,25 @@ def _system_busy() -> float:
 class LoadMeter:
     """CPU used by this benchmark's process tree vs by everything else on the machine.
 
-    ``with LoadMeter() as m: ...`` then ``m.ours`` and ``m.others`` in cores (CPU seconds per
-    second of wall time). ``others`` is what other users' processes (tests, builds) took from
-    the same cores: the main source of noise on a shared machine.
+    ``with LoadMeter() as m: ...`` then ``m.ours``, ``m.postgres`` and ``m.others`` in cores
+    (CPU seconds per second of wall time). ``postgres`` is the local PostgreSQL server (it works
+    for our server in the PostgreSQL runs); ``others`` is what everything else (other people's
+    tests, builds) took from the same cores: the main source of noise on a shared machine.
     """
 
     def __enter__(self) -> LoadMeter:
         self.t0, self.sys0, self.tree0 = time.monotonic(), _system_busy(), _tree_cpu()
+        self.pg0 = _postgres_cpu()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = max(1e-6, time.monotonic() - self.t0)
         tree = _tree_cpu() - self.tree0
+        pg = max(0.0, _postgres_cpu() - self.pg0)
         busy = _system_busy() - self.sys0
         self.ours = tree / wall
-        self.others = max(0.0, (busy - tree) / wall)
+        self.postgres = pg / wall
+        self.others = max(0.0, (busy - tree - pg) / wall)
 
 
 def wait_quiet(threshold: float = 0.3, max_wait: float = 60.0, window: float = 0.5) -> float:
