@@ -65,3 +65,10 @@ def test_help_shows_documented_defaults(tmp_path, words, default):
                                                     timeout=30)
     assert res.returncode == 0, res
     assert default in res.out, res
+
+
+def test_version(tmp_path):
+    from officegrid import __version__
+
+    res = Cli("http://127.0.0.1:9", None, tmp_path)("--version", timeout=30)
+    assert res.returncode == 0 and res.stdout.strip() == f"officegrid {__version__}", res

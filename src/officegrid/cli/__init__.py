@@ -41,5 +41,19 @@ def demo(records: int = typer.Option(200_000, "--records", "-n", help="customer 
     raise typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from officegrid import __version__
+
+        typer.echo(f"officegrid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Turn idle office desktops into a batch-processing grid."""
+
+
 def main() -> None:
     app()
