@@ -37,7 +37,10 @@ class ServerSettings(_Settings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     threads: int = 16  # bounded pool for blocking store calls
-    auth_cache_seconds: float = 2.0  # token lookups reused this long (revocation delay)
+    # Token lookups are reused this long: at least one heartbeat interval, or idle workers never
+    # hit the cache. A revocation is immediate in the process that revokes; other server
+    # processes (PostgreSQL deployments) see it within this delay.
+    auth_cache_seconds: float = 30.0
     lease_seconds: float = 120.0  # a lease lives this long without a heartbeat
     heartbeat_interval: float = 20.0  # what workers are told to use
     reaper_interval: float = 2.0  # how often expired leases are requeued

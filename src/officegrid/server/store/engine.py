@@ -10,6 +10,7 @@ database.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size)
         self.dialect = self.engine.dialect.name
+        # SQLite has one writer: queue write transactions here instead of letting pool threads
+        # contend in SQLite's busy handler, which sleeps up to 100 ms per retry (long tails).
+        self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -83,7 +87,11 @@ class Database:
     @contextlib.contextmanager
     def tx(self) -> Iterator[Connection]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success."""
-        with self.engine.connect() as conn, conn.begin():
+        if self._write_lock is None:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+            return
+        with self._write_lock, self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextlib.contextmanager
