@@ -28,7 +28,6 @@ class ServerContext:
     blobs: ContentStore
     limiter: anyio.CapacityLimiter
     work_event: asyncio.Event = field(default_factory=asyncio.Event)
-    started_at: float = field(default_factory=time.time)
     token_cache: Any = None  # auth.TokenCache, set by the app factory
     shutting_down: Any = None  # () -> bool, set by the server runner: long polls end early
     transfer_peak: int = 0  # most slots seen held at once by this process (for operators/tests)

@@ -57,10 +57,6 @@ INLINE_MAX = 1 << 20  # compressed bytes of a result sent inside the completion 
 SECRET_ENV = ("OFFICEGRID_TOKEN", "OFFICEGRID_ENROLL", "OFFICEGRID_TOKEN_FILE")
 
 
-class Aborted(Exception):
-    """The unit was taken away (lease lost, job cancelled, done elsewhere) or the agent stops."""
-
-
 class RunningUnit:
     """One attempt being executed by a slot."""
 
@@ -429,8 +425,7 @@ class Agent:
                 final, import_error = self._on_message(ru, msg, final, import_error)
             code = proc.wait(timeout=30)
         finally:
-            proc.kill_tree(grace=0)
-            proc.close()
+            proc.close()  # kills what is left of the tree (one scan), closes the pipes
         logs = {"stdout": attempt_dir / "stdout.log", "stderr": attempt_dir / "stderr.log",
                 "log": attempt_dir / "attempt.log"}
         if ru.abort.is_set():

@@ -74,9 +74,15 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
                                    skip_locked=not ctx.db.is_sqlite)
             return leases, None
 
+    first = True
     while True:
         ctx.work_event.clear()
-        leases, reason = await ctx.run(try_claim)
+        # Waiting polls take the write lock only when a read shows queued work.
+        if first or await ctx.read(units_q.has_queued):
+            leases, reason = await ctx.run(try_claim)
+        else:
+            leases, reason = [], None
+        first = False
         if leases:
             return p.LeaseResponse(leases=[p.Lease(**x) for x in leases])
         remaining = deadline - asyncio.get_running_loop().time()

@@ -156,6 +156,15 @@ def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
     return leases
 
 
+def has_queued(conn: Connection) -> bool:
+    """True if some running job has a queued unit (a read: long polls ask this before taking
+    the write lock)."""
+    return conn.execute(
+        select(units.c.id).join(jobs, jobs.c.id == units.c.job_id)
+        .where(units.c.state == "queued", jobs.c.state == "running").limit(1)
+    ).first() is not None
+
+
 def claim_speculative(conn: Connection, worker_id: int, now: float, policy: Policy,
                       skip_locked: bool = False) -> dict[str, Any] | None:
     """Near a job's end, give an idle worker a second copy of its oldest slow unit.
@@ -231,7 +240,6 @@ def complete(conn: Connection, attempt_id: str, worker_id: int, result_blob: str
         return "accepted"
     if a.state == "failed":
         raise Conflict(f"attempt {attempt_id} already reported a failure")
-    unit = a
     if records_done + record_errors != a.unit_count:
         # A result must cover the unit's records exactly; anything else is a worker bug.
         raise Invalid(
@@ -256,10 +264,10 @@ def complete(conn: Connection, attempt_id: str, worker_id: int, result_blob: str
                     progress=case((me, records_done + record_errors),
                                   else_=attempts.c.progress),
                     error=case((me, None), else_="another attempt completed")))
-        conn.execute(delete(import_failures).where(import_failures.c.job_id == unit.job_id,
+        conn.execute(delete(import_failures).where(import_failures.c.job_id == a.job_id,
                                                    import_failures.c.release_id == a.release_id))
         workers_q.record_success(conn, worker_id)
-        finalize_job(conn, unit.job_id, now)
+        finalize_job(conn, a.job_id, now)
         return "accepted"
     conn.execute(update(attempts).where(attempts.c.id == attempt_id)
                  .values(state="discarded", finished_at=now, log_blob=log_blob))
