@@ -101,7 +101,7 @@ class Database:
             yield conn
 
     def migrate(self) -> None:
-        """Apply Alembic migrations up to head (serialized across processes on PostgreSQL)."""
+        """Apply Alembic migrations up to every head (serialized across processes on PostgreSQL)."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
@@ -110,7 +110,7 @@ class Database:
                 conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PG_MIGRATION_LOCK})
                 try:
                     cfg.attributes["connection"] = conn
-                    command.upgrade(cfg, "head")
+                    command.upgrade(cfg, "heads")
                     conn.commit()
                 finally:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_MIGRATION_LOCK})
@@ -118,7 +118,7 @@ class Database:
         else:
             with self.engine.connect() as conn:
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                command.upgrade(cfg, "heads")
                 conn.commit()
 
     def dispose(self) -> None:
