@@ -179,7 +179,7 @@ def test_roundtrip_materialize_and_pull(
             stats = materialize(rid, dest, cache=cache, fetch=server.fetch)
             assert snapshot(dest) == snapshot(base / src)
             assert modes(dest) <= {0o644, 0o755}
-            assert (dest / ".officegrid-release").read_text().strip() == rid
+            assert (dest / ".officegrid-release").read_text().splitlines()[0] == rid
             written = sum(1 for v in snapshot(dest).values() if v != "dir")
             assert stats.files_written == (0 if stats.already_present else written)
             assert stats.already_present == (rid == r1 == r2 and src == "src2")
@@ -191,7 +191,7 @@ def test_roundtrip_materialize_and_pull(
         calls = len(server.calls)
         pull_into(r2, target, cache=cache, fetch=server.fetch)  # replaces: rsync -a --delete
         assert snapshot(target) == snapshot(base / "src2")
-        assert (target / ".officegrid-pull").read_text().strip() == r2
+        assert (target / ".officegrid-pull").read_text().splitlines()[0] == r2
         assert len(server.calls) == calls  # everything was cached already
         assert sorted(p.name for p in base.iterdir()) == [
             "cache",
@@ -423,9 +423,55 @@ def test_corrupt_cache_blob_is_refetched(
     chunk = cas.hash_bytes(b"hello")
     cache.path(chunk).write_bytes(cas.compress(b"bitrot"))
     server.calls.clear()
-    materialize(rid, tmp_path / "two", cache=cache, fetch=server.fetch)
+    materialize(rid, tmp_path / "elsewhere" / "two", cache=cache, fetch=server.fetch)
     assert server.calls == [[chunk]]
-    assert (tmp_path / "two" / "a.txt").read_bytes() == b"hello"
+    assert (tmp_path / "elsewhere" / "two" / "a.txt").read_bytes() == b"hello"
+
+
+def test_unchanged_files_are_copied_from_the_release_beside_unless_touched(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    for i in range(3):
+        write(tmp_path / "src", f"f{i}.txt", f"file {i}\n" * 100)
+    r1 = server.publish(tmp_path / "src")
+    releases = tmp_path / "releases"
+    materialize(r1, releases / r1, cache=cache, fetch=server.fetch)
+    write(tmp_path / "src", "f0.txt", "changed\n")
+    r2 = server.publish(tmp_path / "src")
+    # A unit scribbled on one file of r1 (same size, new mtime): it must not be copied.
+    (releases / r1 / "f1.txt").write_text("FILE 1\n" * 100)
+    stats = materialize(r2, releases / r2, cache=cache, fetch=server.fetch)
+    assert stats.files_written == 3 and stats.files_reused == 1  # f2 only
+    assert snapshot(releases / r2) == snapshot(tmp_path / "src")
+
+
+def test_pull_rewrites_only_what_differs_and_marks_incomplete_while_updating(
+    tmp_path: Path, server: Server, cache: cas.ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(4):
+        write(tmp_path / "src", f"d/f{i}.txt", f"file {i}\n")
+    r1 = server.publish(tmp_path / "src")
+    target = tmp_path / "out"
+    assert pull_into(r1, target, cache=cache, fetch=server.fetch).files_written == 4
+    again = pull_into(r1, target, cache=cache, fetch=server.fetch)
+    assert again.already_present and again.files_written == 0
+    inodes = {p.name: p.stat().st_ino for p in (target / "d").iterdir()}
+    write(tmp_path / "src", "d/f0.txt", "edited\n")
+    r2 = server.publish(tmp_path / "src")
+
+    def cut(*args: object, **kwargs: object) -> None:
+        raise OSError(5, "cut off while writing")
+
+    monkeypatch.setattr(mat_mod, "_write_file", cut)
+    with pytest.raises(OSError, match="cut off"):
+        pull_into(r2, target, cache=cache, fetch=server.fetch)
+    assert (target / ".officegrid-pull").read_text().splitlines()[0] == "incomplete"
+    monkeypatch.undo()
+    stats = pull_into(r2, target, cache=cache, fetch=server.fetch)
+    assert stats.files_written == 1
+    assert snapshot(target) == snapshot(tmp_path / "src")
+    assert {p.name: p.stat().st_ino for p in (target / "d").iterdir()
+            if p.name != "f0.txt"} == {k: v for k, v in inodes.items() if k != "f0.txt"}
 
 
 # --------------------------------------------------------------------------- interruption
@@ -459,7 +505,7 @@ def test_crash_during_assembly_leaves_no_dest(
     rid = server.publish(tmp_path / "src")
     dest = tmp_path / "w" / rid
 
-    def boom(path: Path, release_id: str) -> None:
+    def boom(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(mat_mod, "_write_marker", boom)

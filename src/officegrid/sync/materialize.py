@@ -5,22 +5,37 @@ manifests level by level, fetching (in batches, one call per level or batch) onl
 its cache lacks, so an edit costs the manifests on the path from the root to the change; then it
 fetches only the missing chunks. Everything fetched is verified against its hash and kept in the
 worker's :class:`~officegrid.cas.ContentStore`. The tree is then written into a staging
-directory next to ``dest``, every file fsynced and given its mode, a completion marker
-(``.officegrid-release``, holding the release id) written last, and the staging directory renamed
-to ``dest`` in one step: ``dest`` is either absent or complete, never half-written, and a
-transfer that was cut off is never used (promise 4).
+directory next to ``dest`` (files unchanged since a release already materialized beside it are
+copied from there instead of being decompressed again), made durable, given a completion marker
+(``.officegrid-release``, holding the release id) last, and renamed to ``dest`` in one step:
+``dest`` is either absent or complete, never half-written, and a transfer that was cut off is
+never used (promise 4).
 
 :func:`pull_into` is the same for ``officegrid release pull CHANNEL --to DIR``: it makes an
-existing directory equal to a release (like ``rsync -a --delete``), guarded by a
-``.officegrid-pull`` marker.
+existing directory equal to a release, like ``rsync -a --delete``, in place: only files whose
+content or mode differ are rewritten (each one atomically), guarded by a ``.officegrid-pull``
+marker that says which release the directory holds, or that an update is under way.
+
+Both markers carry an index of what was written: per file its hash, size, mtime, inode and mode.
+A file whose stat data still match the index is known to hold that hash without reading it (the
+bet rsync's quick check and git's index make; an edit changes the mtime, a save-by-rename the
+inode).
+
+Durability: on Linux the new files are flushed with one ``syncfs(2)`` of their filesystem before
+the marker is written (one journal commit instead of an ``fsync`` per file); elsewhere every file
+is fsynced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import json
 import os
 import secrets
 import shutil
+import stat as stat_mod
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,6 +55,14 @@ _SHOWN = 3  # hashes named in an error message
 #: Most entries (files and directories) a release may have. Identical subdirectories share one
 #: manifest, so a small malicious tree of manifests could otherwise describe 2**40 paths.
 MAX_ENTRIES = 10_000_000
+
+_INCOMPLETE = "incomplete"  # first word of a pull marker while an update is under way
+_TMP_PREFIX = ".og-tmp-"  # files being written by pull_into (removed as extras if left over)
+
+#: (size, mtime_ns, inode, permission bits) of a file as written
+StatKey = tuple[int, int, int, int]
+#: relative path -> (content hash, stat key when written)
+Index = dict[str, tuple[str, StatKey]]
 
 
 class MaterializeError(Exception):
@@ -62,7 +85,8 @@ class MaterializeStats:
         manifests_fetched: manifests received from the server (verified).
         chunks_fetched: file chunks received from the server (verified).
         bytes_fetched: uncompressed bytes of those manifests and chunks.
-        files_written: files written into the new directory.
+        files_written: files written (pull: files created or replaced; unchanged ones are not).
+        files_reused: files copied from an earlier release instead of assembled from chunks.
         seconds: wall-clock duration.
         fetch_calls: calls made to ``fetch`` (round trips), retries included.
         already_present: True if ``dest`` already held the release and nothing was done.
@@ -72,6 +96,7 @@ class MaterializeStats:
     chunks_fetched: int = 0
     bytes_fetched: int = 0
     files_written: int = 0
+    files_reused: int = 0
     seconds: float = 0.0
     fetch_calls: int = 0
     already_present: bool = False
@@ -91,8 +116,11 @@ def materialize(
     ``release_id``) nothing is fetched or written. Otherwise leftover staging directories of
     this release next to ``dest`` (``.staging-{release_id}-*``, from an interrupted run) are
     removed, missing manifests and chunks are fetched into ``cache``, and the tree is assembled
-    in ``dest.parent / f".staging-{release_id}-{random}"`` and renamed to ``dest``. Callers must
-    not materialize the same release into the same parent directory from two processes at once.
+    in ``dest.parent / f".staging-{release_id}-{random}"`` and renamed to ``dest``. A file that
+    the most recently used complete release beside ``dest`` holds unchanged (same hash, stat
+    data as indexed in its marker) is copied from there (a kernel copy, no decompression).
+    Callers must not materialize the same release into the same parent directory from two
+    processes at once.
 
     Args:
         release_id: the release id (hash of the root manifest, 64 lowercase hex characters).
@@ -116,7 +144,70 @@ def materialize(
         ManifestError: a manifest is malformed or unsafe (names the directory).
         OSError: writing the directory failed (``dest`` is left absent).
     """
-    return _materialize(release_id, Path(dest), cache, fetch, batch_size, RELEASE_MARKER)
+    t0 = time.monotonic()
+    dest = Path(dest)
+    stats = MaterializeStats()
+    _check_release_id(release_id)
+    if _marker_holds(dest, RELEASE_MARKER, release_id):
+        stats.already_present = True
+        stats.seconds = time.monotonic() - t0
+        return stats
+    if dest.exists() or dest.is_symlink():
+        raise MaterializeError(
+            f"{dest}: exists but does not hold release {release_id} (no matching "
+            f"{RELEASE_MARKER})"
+        )
+    parent = dest.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    blobs = _Blobs(cache, fetch, batch_size, stats)
+    dirs, files = _fetch_release(release_id, blobs)
+    _check_space(release_id, parent, sum(e.size for _, e in files))
+    base = _newest_release_beside(dest)
+    base_index = _read_marker(base, RELEASE_MARKER)[1] if base is not None else {}
+
+    for leftover in parent.iterdir():
+        if leftover.name.startswith(f".staging-{release_id}-"):
+            _remove(leftover)
+    staging = parent / f".staging-{release_id}-{secrets.token_hex(6)}"
+    try:
+        staging.mkdir()
+        index: Index = {}
+        for path, entries in dirs:  # parents come before their children
+            directory = staging / path if path else staging
+            if path:
+                directory.mkdir()
+            for e in entries:
+                if not isinstance(e, FileEntry):
+                    continue
+                rel = join(path, e.name)
+                target = directory / e.name
+                if base is not None and _unchanged(base, rel, e, base_index):
+                    shutil.copyfile(base / rel, target)
+                    os.chmod(target, e.mode)
+                    stats.files_reused += 1
+                else:
+                    _write_file(target, rel, e, blobs)
+                stats.files_written += 1
+                index[rel] = (e.hash, _stat_key(os.lstat(target)))
+        _make_durable(staging, [staging / path for path, _ in dirs])
+        _write_marker(staging / RELEASE_MARKER, release_id, index)
+        _fsync_dir(staging)
+        try:
+            os.rename(staging, dest)
+        except OSError:
+            if _marker_holds(dest, RELEASE_MARKER, release_id):  # another run finished first
+                _remove(staging)
+                stats.files_written = stats.files_reused = 0
+                stats.already_present = True
+                stats.seconds = time.monotonic() - t0
+                return stats
+            raise
+    except BaseException:
+        _remove(staging)
+        raise
+    _fsync_dir(parent)
+    stats.seconds = time.monotonic() - t0
+    return stats
 
 
 def pull_into(
@@ -129,12 +220,14 @@ def pull_into(
 ) -> MaterializeStats:
     """Make the directory ``target`` equal to a release, like ``rsync -a --delete``.
 
-    The release is materialized next to ``target`` (see :func:`materialize`, same fetching and
-    verification) with a ``.officegrid-pull`` marker (holding the release id), then swapped in:
-    ``target`` is renamed aside, the new tree renamed to ``target``, the old tree removed. Files
-    in ``target`` that are not in the release (including local edits) are therefore gone. Between
-    the two renames ``target`` is briefly absent, but never half-written; leftovers of an
-    interrupted pull (``.{name}.pull-*`` next to ``target``) are removed by the next pull.
+    Everything missing is fetched (and verified) into ``cache`` before ``target`` is touched.
+    Then, in place: the ``.officegrid-pull`` marker is switched to "incomplete"; every file of
+    the release whose content or mode differs (judged by the marker's index of stat data, as
+    rsync's quick check does, so unchanged files are never read) is written to a temporary
+    file beside it and renamed over it; paths that are not in the release (including local
+    additions) are removed; the new files are made durable; and the marker, naming the release
+    and indexing its files, is written last. A pull that was cut off leaves the marker saying
+    "incomplete" (never the new release id), and the next pull finishes the job.
 
     Args:
         release_id: the release id.
@@ -144,13 +237,16 @@ def pull_into(
         fetch: as in :func:`materialize`.
         batch_size: as in :func:`materialize`.
     Returns:
-        a :class:`MaterializeStats` (``already_present`` is always False).
+        a :class:`MaterializeStats`; ``already_present`` when ``target`` held the release
+        unchanged and nothing was written.
     Raises:
         PullError: ``target`` is a symbolic link, not a directory, or a non-empty directory
             without the ``.officegrid-pull`` marker.
-        MaterializeError, FetchError, ManifestError, OSError: as in :func:`materialize`;
-            ``target`` is then left as it was.
+        MaterializeError, FetchError, ManifestError: as in :func:`materialize`; ``target`` is
+            then left as it was.
+        OSError: writing failed part-way; ``target``'s marker then says "incomplete".
     """
+    t0 = time.monotonic()
     target = Path(os.path.abspath(target))  # so that "." or "sub/.." have a parent and a name
     if target.is_symlink():
         raise PullError(f"{target}: is a symbolic link; give the real directory")
@@ -162,33 +258,58 @@ def pull_into(
                 f"{target}: refusing to overwrite a non-empty directory that was not created "
                 f"by 'release pull' (it has no {PULL_MARKER} marker)"
             )
+    _check_release_id(release_id)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}.pull-"
-    for leftover in parent.iterdir():
-        if leftover.name.startswith(prefix):
+    for leftover in parent.iterdir():  # swap directories of pulls by earlier versions
+        if leftover.name.startswith(f".{target.name}.pull-"):
             _remove(leftover)
-    token = secrets.token_hex(6)
-    new = parent / f"{prefix}{token}-new"
-    stats = _materialize(release_id, new, cache, fetch, batch_size, PULL_MARKER)
-    t0 = time.monotonic()
-    try:
-        if target.exists():
-            old = parent / f"{prefix}{token}-old"
-            os.rename(target, old)
-            try:
-                os.rename(new, target)
-            except BaseException:
-                os.rename(old, target)
-                raise
-            _remove(old)
-        else:
-            os.rename(new, target)
-    except BaseException:
-        _remove(new)
-        raise
-    _fsync_dir(parent)
-    stats.seconds += time.monotonic() - t0
+    stats = MaterializeStats()
+    blobs = _Blobs(cache, fetch, batch_size, stats)
+    dirs, files = _fetch_release(release_id, blobs)
+    target.mkdir(exist_ok=True)
+    state, old_index = _read_marker(target, PULL_MARKER)
+
+    wanted_dirs = {path for path, _ in dirs}
+    wanted_files = {rel: e for rel, e in files}
+    extras = _extras(target, wanted_dirs, wanted_files)
+    stale = [(rel, e) for rel, e in files if not _unchanged(target, rel, e, old_index)]
+    if state == release_id and not extras and not stale:
+        stats.already_present = True
+        stats.seconds = time.monotonic() - t0
+        return stats
+
+    _check_space(release_id, target, sum(e.size for _, e in stale))
+    _write_marker(target / PULL_MARKER, None, old_index)
+    for rel in sorted(extras, key=lambda r: r.count("/"), reverse=True):
+        _remove(target / rel)  # deepest first; a file where a directory must go is gone too
+    for path in sorted(wanted_dirs):  # parents sort before their children
+        directory = target / path if path else target
+        if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+            _remove(directory)
+        directory.mkdir(exist_ok=True)
+    written: list[Path] = []
+    for rel, e in stale:
+        final = target / rel
+        if final.is_dir() and not final.is_symlink():
+            _remove(final)
+        tmp = final.with_name(f"{_TMP_PREFIX}{secrets.token_hex(4)}-{e.name}"[:255])
+        try:
+            _write_file(tmp, rel, e, blobs)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        written.append(final)
+        stats.files_written += 1
+    index: Index = {}
+    for rel, e in files:
+        index[rel] = (e.hash, _stat_key(os.lstat(target / rel)))
+    if written:
+        _make_durable(target, sorted({p.parent for p in written}))
+    _write_marker(target / PULL_MARKER, release_id, index)
+    stats.seconds = time.monotonic() - t0
     return stats
 
 
@@ -204,11 +325,99 @@ def _check_release_id(release_id: str) -> None:
         ) from None
 
 
-def _marker_holds(directory: Path, marker: str, release_id: str) -> bool:
+def _stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, stat_mod.S_IMODE(st.st_mode))
+
+
+def _read_marker(directory: Path, marker: str) -> tuple[str | None, Index]:
+    """(the release id the marker names, or None; its index). Unreadable -> (None, {})."""
     try:
-        return (directory / marker).read_text(encoding="utf-8").strip() == release_id
+        lines = (directory / marker).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
+        return None, {}
+    if not lines:
+        return None, {}
+    state = lines[0].strip()
+    index: Index = {}
+    for line in lines[1:]:
+        try:
+            rel, digest, size, mtime_ns, ino, mode = json.loads(line)
+            index[rel] = (digest, (size, mtime_ns, ino, mode))
+        except (ValueError, TypeError):
+            return None, {}  # a damaged index vouches for nothing
+    return (None if state.startswith(_INCOMPLETE) else state), index
+
+
+def _marker_holds(directory: Path, marker: str, release_id: str) -> bool:
+    return _read_marker(directory, marker)[0] == release_id
+
+
+def _write_marker(path: Path, release_id: str | None, index: Index) -> None:
+    """Write a marker atomically (temporary file, fsync, rename): the release id (None: an
+    update is under way) on the first line, then one JSON line per indexed file."""
+    lines = [release_id or _INCOMPLETE]
+    lines += [json.dumps([rel, h, *key], ensure_ascii=False) for rel, (h, key) in index.items()]
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _unchanged(root: Path, rel: str, e: FileEntry, index: Index) -> bool:
+    """True if ``root/rel`` is known, without reading it, to hold ``e``'s content and mode."""
+    known = index.get(rel)
+    if known is None or known[0] != e.hash:
         return False
+    try:
+        st = os.lstat(root / rel)
+    except OSError:
+        return False
+    key = _stat_key(st)
+    return stat_mod.S_ISREG(st.st_mode) and key == known[1] and key[3] == e.mode
+
+
+def _newest_release_beside(dest: Path) -> Path | None:
+    """The most recently used complete release directory next to ``dest`` (a source of
+    unchanged files), or None."""
+    best: tuple[float, Path] | None = None
+    with contextlib.suppress(OSError):
+        for d in dest.parent.iterdir():
+            if d == dest or d.name.startswith(".") or not (d / RELEASE_MARKER).is_file():
+                continue
+            mtime = d.stat().st_mtime
+            if best is None or mtime > best[0]:
+                best = (mtime, d)
+    return best[1] if best else None
+
+
+def _extras(target: Path, dirs: set[str], files: dict[str, FileEntry]) -> list[str]:
+    """Relative paths under ``target`` that are not in the release (the marker excepted);
+    a directory that is not wanted is listed, not its contents."""
+    out: list[str] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(target / rel_dir if rel_dir else target) as it:
+            for entry in it:
+                rel = join(rel_dir, entry.name)
+                if not rel_dir and entry.name == PULL_MARKER:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if rel in dirs:
+                        stack.append(rel)
+                    else:
+                        out.append(rel)
+                elif rel not in files:
+                    out.append(rel)
+    return out
 
 
 def _remove(path: Path) -> None:
@@ -226,6 +435,37 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _make_durable(root: Path, directories: Iterable[Path]) -> None:
+    """Flush files written under ``root`` (one syncfs on Linux; elsewhere each file was fsynced
+    as it was written) and the given directories' entries."""
+    if _SYNCFS is None:
+        for directory in directories:
+            _fsync_dir(directory)
+        return
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        if _SYNCFS(fd) != 0:  # flushes data and metadata of the whole filesystem
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs of {root}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 BATCH_BYTES = 16 << 20  # uncompressed bytes asked for per fetch (the server caps 64 MiB)
@@ -312,26 +552,10 @@ class _Blobs:
         )
 
 
-def _materialize(
-    release_id: str,
-    dest: Path,
-    cache: cas.ContentStore,
-    fetch: Fetch,
-    batch_size: int,
-    marker: str,
-) -> MaterializeStats:
-    t0 = time.monotonic()
-    stats = MaterializeStats()
-    _check_release_id(release_id)
-    if _marker_holds(dest, marker, release_id):
-        stats.already_present = True
-        stats.seconds = time.monotonic() - t0
-        return stats
-    if dest.exists() or dest.is_symlink():
-        raise MaterializeError(
-            f"{dest}: exists but does not hold release {release_id} (no matching {marker})"
-        )
-    blobs = _Blobs(cache, fetch, batch_size, stats)
+def _fetch_release(release_id: str, blobs: _Blobs
+                   ) -> tuple[list[tuple[str, list[Entry]]], list[tuple[str, FileEntry]]]:
+    """Fetch what the cache lacks of a release; return its directories (parents first) and
+    its files (relative path, entry)."""
     dirs = _fetch_manifests(release_id, blobs)
     for e in dirs[0][1]:
         if e.name in (RELEASE_MARKER, PULL_MARKER):
@@ -345,14 +569,6 @@ def _materialize(
         for e in entries
         if isinstance(e, FileEntry)
     ]
-    total = sum(e.size for _, e in files)
-    parent = dest.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(parent).free
-    if total > free:
-        raise MaterializeError(
-            f"release {release_id} needs {total} bytes but only {free} are free in {parent}"
-        )
     chunks: dict[str, str] = {}
     sizes: dict[str, int] = {}
     for path, e in files:
@@ -361,31 +577,15 @@ def _materialize(
                 chunks.setdefault(digest, path)
                 sizes[digest] = size
     blobs.ensure(chunks, "chunk", sizes)
+    return dirs, files
 
-    for leftover in parent.iterdir():
-        if leftover.name.startswith(f".staging-{release_id}-"):
-            _remove(leftover)
-    staging = parent / f".staging-{release_id}-{secrets.token_hex(6)}"
-    try:
-        _assemble(staging, dirs, blobs, stats)
-        _write_marker(staging / marker, release_id)
-        _fsync_dir(staging)
-        try:
-            os.rename(staging, dest)
-        except OSError:
-            if _marker_holds(dest, marker, release_id):  # another run finished first
-                _remove(staging)
-                stats.files_written = 0
-                stats.already_present = True
-                stats.seconds = time.monotonic() - t0
-                return stats
-            raise
-    except BaseException:
-        _remove(staging)
-        raise
-    _fsync_dir(parent)
-    stats.seconds = time.monotonic() - t0
-    return stats
+
+def _check_space(release_id: str, where: Path, needed: int) -> None:
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise MaterializeError(
+            f"release {release_id} needs {needed} bytes but only {free} are free in {where}"
+        )
 
 
 def _fetch_manifests(release_id: str, blobs: _Blobs) -> list[tuple[str, list[Entry]]]:
@@ -418,27 +618,6 @@ def _fetch_manifests(release_id: str, blobs: _Blobs) -> list[tuple[str, list[Ent
     return dirs
 
 
-def _assemble(
-    staging: Path,
-    dirs: list[tuple[str, list[Entry]]],
-    blobs: _Blobs,
-    stats: MaterializeStats,
-) -> None:
-    staging.mkdir()
-    made: list[Path] = []
-    for path, entries in dirs:  # parents come before their children
-        directory = staging / path if path else staging
-        if path:
-            directory.mkdir()
-        made.append(directory)
-        for e in entries:
-            if isinstance(e, FileEntry):
-                _write_file(directory / e.name, join(path, e.name), e, blobs)
-                stats.files_written += 1
-    for directory in reversed(made):
-        _fsync_dir(directory)
-
-
 def _write_file(target: Path, path: str, e: FileEntry, blobs: _Blobs) -> None:
     hasher = blake3.blake3() if len(e.chunks) > 1 else None
     with open(target, "xb") as out:
@@ -453,16 +632,12 @@ def _write_file(target: Path, path: str, e: FileEntry, blobs: _Blobs) -> None:
             if hasher is not None:
                 hasher.update(data)
             out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
+        if _SYNCFS is None:
+            out.flush()
+            os.fsync(out.fileno())
     # A one-chunk file's hash is its (verified) chunk's hash; several chunks are re-hashed.
     if hasher is not None and hasher.hexdigest() != e.hash:
         raise MaterializeError(f"{path}: the chunks' content does not hash to {e.hash}")
     os.chmod(target, e.mode)
 
 
-def _write_marker(path: Path, release_id: str) -> None:
-    with open(path, "x", encoding="utf-8") as fh:
-        fh.write(release_id + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
