@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import blake3
-import zstandard
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -57,10 +56,12 @@ from grid import ServerProc  # noqa: E402  (tests/grid.py: a real server on 127.
 from officegrid import cas  # noqa: E402
 from officegrid.cli.release import publish  # noqa: E402
 from officegrid.client import Client  # noqa: E402
+from officegrid.protocol import FETCH_DELTA  # noqa: E402
 from officegrid.sync import manifest as mf  # noqa: E402
 from officegrid.sync import materialize  # noqa: E402
 from officegrid.sync.materialize import pull_into  # noqa: E402
 from officegrid.sync.tree import PULL_MARKER  # noqa: E402
+from officegrid.worker import fetch as fetch_mod  # noqa: E402
 from officegrid.worker.fetch import blob_fetcher  # noqa: E402
 
 RESULTS = BENCH / "RESULTS.md"
@@ -532,6 +533,7 @@ class OgRun:
     requests: int = 0
     manifests: int = 0
     manifest_frame_bytes: int = 0
+    deltas: int = 0  # blobs received as deltas against a version the cache held
     chunks: int = 0
     chunk_frame_bytes: int = 0
     files_written: int = 0
@@ -566,9 +568,6 @@ class Result:
     og_nofsync: list[OgRun] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     publish_seconds: float = 0.0
-    patch: tuple[int, int] | None = None  # (zstd of new files, zstd with old as dictionary)
-    manifest_patch: tuple[int, int] | None = None  # the same for the fetched manifests
-    stream: int | None = None  # the whole tree as one zstd-3 stream (as rsync -z sends it)
 
     def og_s(self) -> float:
         return statistics.median(r.seconds for r in self.og)
@@ -598,22 +597,31 @@ class Bench:
         up0, down0 = proxy.counters()
         client = Client(f"http://127.0.0.1:{proxy.port}", self.token)
         fetched: list[tuple[str, int]] = []
-        timing = {"net": 0.0, "calls": 0, "requests": 0}
-        orig_fetch, orig_request = client.fetch_blobs, client.request
+        timing = {"net": 0.0, "calls": 0, "requests": 0, "deltas": 0}
+        orig_stream, orig_request = fetch_mod.stream_blobs, client.request
 
-        def fetch_blobs(hashes: list[str]) -> list[tuple[str, bytes]]:
-            t = time.perf_counter()
-            items = orig_fetch(hashes)
-            timing["net"] += time.perf_counter() - t
+        def stream_blobs(c: Client, hashes: list[str], bases: dict[str, str] | None = None
+                         ) -> Iterator[tuple[str, int, bytes]]:
+            # Time only the waits for the next blob (the consumer's work happens in between).
             timing["calls"] += 1
-            fetched.extend((h, len(frame)) for h, frame in items)
-            return items
+            items = orig_stream(c, hashes, bases)
+            while True:
+                t = time.perf_counter()
+                try:
+                    digest, kind, frame = next(items)
+                except StopIteration:
+                    timing["net"] += time.perf_counter() - t
+                    return
+                timing["net"] += time.perf_counter() - t
+                fetched.append((digest, len(frame)))
+                timing["deltas"] += kind == FETCH_DELTA
+                yield digest, kind, frame
 
         def request(*a, **kw):  # type: ignore[no-untyped-def]
             timing["requests"] += 1
             return orig_request(*a, **kw)
 
-        client.fetch_blobs = fetch_blobs  # type: ignore[method-assign]
+        fetch_mod.stream_blobs = stream_blobs  # type: ignore[assignment]
         client.request = request  # type: ignore[method-assign]
         saved_fsync = os.fsync
         # write tree = assembling files from chunks + making them durable; remove = extras
@@ -655,11 +663,12 @@ class Bench:
             t = time.perf_counter()
             rid = client.release("worker")["id"]
             timing["net"] += time.perf_counter() - t
-            stats = pull_into(rid, dest, cache=store, fetch=blob_fetcher(client))
+            stats = pull_into(rid, dest, cache=store, fetch=blob_fetcher(client, store))
             seconds = time.perf_counter() - t0
             cpu = time.thread_time() - cpu0
         finally:
             os.fsync = saved_fsync
+            fetch_mod.stream_blobs = orig_stream  # type: ignore[assignment]
             materialize._SYNCFS = saved_syncfs
             for name, fn in saved.items():
                 setattr(materialize, name, fn)
@@ -677,7 +686,8 @@ class Bench:
                     assemble_seconds=spent["_write_file"] + spent["_make_durable"],
                     remove_seconds=spent["_remove"],
                     cache_put_seconds=spent["put"],
-                    fetched=fetched, release=rid, cpu_seconds=cpu)
+                    fetched=fetched, release=rid, cpu_seconds=cpu,
+                    deltas=int(timing["deltas"]))
         for h, n in fetched:
             if h in manifests:
                 run.manifests += 1
@@ -737,7 +747,6 @@ class Bench:
         og_dest.parent.mkdir(parents=True)
         # as `officegrid release pull` and the worker keep it: verified on read, not fsynced
         store = cas.ContentStore(self.work / "cache" / spec.name, durable=False)
-        prev_rid = ""
         try:
             for scenario, mutate in scenarios_for(spec):
                 change = mutate() if mutate else Change("into an empty directory")
@@ -779,13 +788,6 @@ class Bench:
                         shutil.rmtree(base)
                 self.results.append(res)
                 og, rs = res.og[-1], res.rs[-1]
-                if scenario == "first sync":
-                    res.stream = stream_estimate(spec.root)
-                elif prev_rid and og.release != prev_rid:
-                    res.manifest_patch = manifest_patch_estimate(store, prev_rid, og)
-                    if change.edited:
-                        res.patch = patch_estimate(store, prev_rid, og.release, change.edited)
-                prev_rid = og.release
                 log(f"{spec.name:7s} {scenario:14s} officegrid {fmt_b(og.up + og.down):>10s} "
                     f"{res.og_s():6.2f}s | rsync {fmt_b(rs.up + rs.down):>10s} "
                     f"{res.rs_s():6.2f}s" + ("  FAILED: " + res.failures[0]
@@ -938,93 +940,6 @@ def drop_new(root: Path, before: set[str]) -> None:
             os.unlink(f)
 
 
-def entry_at(store: cas.ContentStore, rid: str, path: str) -> mf.FileEntry | None:
-    """The manifest entry of the file ``path`` in release ``rid`` (manifests from ``store``)."""
-    digest = rid
-    parts = path.split("/")
-    for i, name in enumerate(parts):
-        entries = mf.load(digest, store.read, where="/".join(parts[:i]))
-        e = next((x for x in entries if x.name == name), None)
-        if i == len(parts) - 1:
-            return e if isinstance(e, mf.FileEntry) else None
-        if not isinstance(e, mf.DirEntry):
-            return None
-        digest = e.hash
-    return None
-
-
-def patch_estimate(store: cas.ContentStore, old_rid: str, new_rid: str, edited: list[str]
-                   ) -> tuple[int, int]:
-    """For the edited files: (zstd-3 frames of their chunks the old release lacks, as officegrid
-    sends them; the same chunks compressed in one piece with the chunks of the old version that
-    they replace as a raw zstd dictionary, as ``zstd --patch-from`` would)."""
-    plain = patched = 0
-    seen: set[str] = set()
-    for path in edited:
-        new, old = entry_at(store, new_rid, path), entry_at(store, old_rid, path)
-        if new is None:
-            continue
-        old_set = {h for h, _ in old.chunks} if old else set()
-        new_set = {h for h, _ in new.chunks}
-        fresh = [h for h, n in new.chunks if n and h not in old_set and h not in seen]
-        seen.update(fresh)
-        if not fresh:
-            continue
-        gone = [h for h, n in old.chunks if n and h not in new_set] if old else []
-        data = b"".join(store.read(h) for h in fresh)
-        plain += sum(len(cas.compress(store.read(h))) for h in fresh)
-        base = b"".join(store.read(h) for h in dict.fromkeys(gone))
-        patched += compress_with(data, base) if base else len(cas.compress(data))
-    return plain, patched
-
-
-def manifest_paths(store: cas.ContentStore, rid: str) -> dict[str, str]:
-    out = {"": rid}
-    for path, entries in mf.walk(rid, store.read):
-        for e in entries:
-            if isinstance(e, mf.DirEntry):
-                out[mf.join(path, e.name)] = e.hash
-    return out
-
-
-def compress_with(data: bytes, base: bytes) -> int:
-    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    params = zstandard.ZstdCompressionParameters.from_level(
-        3, window_log=max(10, min(27, (len(data) + len(base)).bit_length())))
-    return len(zstandard.ZstdCompressor(dict_data=d, compression_params=params).compress(data))
-
-
-def manifest_patch_estimate(store: cas.ContentStore, old_rid: str, run: OgRun
-                            ) -> tuple[int, int]:
-    """(zstd-3 size of the manifests fetched by ``run``, their size compressed with the manifest
-    of the same directory in the previous release as a raw dictionary)."""
-    old, new = manifest_paths(store, old_rid), manifest_paths(store, run.release)
-    fetched = {h for h, _ in run.fetched}
-    plain = patched = 0
-    done: set[str] = set()
-    for path, h in new.items():
-        if h not in fetched or h in done:
-            continue
-        done.add(h)
-        data = store.read(h)
-        whole = len(cas.compress(data))
-        plain += whole
-        base = old.get(path)
-        patched += compress_with(data, store.read(base)) if base and base != h else whole
-    return plain, patched
-
-
-def stream_estimate(root: Path) -> int:
-    """Bytes of every file of ``root`` compressed as one zstd-3 stream, in path order."""
-    cobj = zstandard.ZstdCompressor(level=3).compressobj()
-    total = 0
-    for p in tree_files(root):
-        with open(p, "rb") as fh:
-            while piece := fh.read(8 * MiB):
-                total += len(cobj.compress(piece))
-    return total + len(cobj.flush())
-
-
 def negotiated_compression(port: int, module: str) -> str:
     res = subprocess.run(["rsync", "-az", "--dry-run", "--debug=NSTR",
                           f"rsync://127.0.0.1:{port}/{module}/", "/nonexistent-codesync/"],
@@ -1142,8 +1057,9 @@ def report(bench: Bench, seconds: float) -> str:
                   if any(r.failures for r in res) else " Every sync reproduced the tree."))
     out.append("")
     out.append("What each scenario changed, and where officegrid's bytes and time went (last run; "
-               "`frames` are compressed blob bytes; `other` is HTTP headers, JSON hash lists, "
-               "blob-batch framing and the release lookup; `net` is time waiting for the server "
+               "`manifests` and `chunks` are blobs received, with their bytes inside the answers "
+               "before the answer's zstd stream compression (a delta counts its delta frame); "
+               "`deltas` how many came as deltas; `net` is time waiting for the server "
                "(medians); `cache put` storing fetched blobs into the worker cache "
                "(`ContentStore.put`: re-compress, not fsynced, as the CLI and the worker keep it);"
                " `write tree` `pull_into` writing the files that changed (read, decompress, "
@@ -1153,18 +1069,17 @@ def report(bench: Bench, seconds: float) -> str:
                "verifying fetched blobs; `no-fsync` extra, uncounted runs with `fsync` and "
                "`syncfs` no-ops):")
     out.append("")
-    out.append("| tree | scenario | change | manifests | chunks | other | fetch calls / "
+    out.append("| tree | scenario | change | manifests | chunks | deltas | fetch calls / "
                "requests | files written | net s | cache put s | write tree s | remove old s | "
                "rest s | no-fsync s | publish s |")
     out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in res:
         og = r.og[-1]
-        other = og.up + og.down - og.manifest_frame_bytes - og.chunk_frame_bytes
         nof = f"{med(x.seconds for x in r.og_nofsync):.3f}" if r.og_nofsync else ""
         out.append(
             f"| {r.tree} | {r.scenario} | {r.change} | {og.manifests} = "
             f"{fmt_b(og.manifest_frame_bytes)} | {og.chunks} = {fmt_b(og.chunk_frame_bytes)} | "
-            f"{fmt_b(other)} | {og.fetch_calls} / {og.requests} | {og.files_written:,} | "
+            f"{og.deltas} | {og.fetch_calls} / {og.requests} | {og.files_written:,} | "
             f"{med(x.net_seconds for x in r.og):.3f} | "
             f"{med(x.cache_put_seconds for x in r.og):.3f} | "
             f"{med(x.assemble_seconds for x in r.og):.3f} | "
@@ -1232,6 +1147,13 @@ def findings(bench: Bench) -> list[str]:
         out.append("- **No change**: " + "; ".join(rows) + ". `pull_into` updates in place "
                    "and judges unchanged files by their stat data (the marker's index), so "
                    "what is left is the release lookup, the directory walk and the stats.")
+    rows = [f"{r.tree}/{r.scenario} {r.og[-1].deltas} of {r.og[-1].manifests + r.og[-1].chunks} "
+            f"blobs as deltas, {fmt_b(total(r.og[-1]))} (rsync {fmt_b(total(r.rs[-1]))})"
+            for r in res if r.og[-1].deltas]
+    if rows:
+        out.append("- **Deltas**: " + "; ".join(rows) + ". A changed manifest or chunk is "
+                   "sent compressed against its previous version, which the worker holds "
+                   "(zstd with the old content as a raw dictionary, as `--patch-from`).")
     rows = [f"{r.tree}/{r.scenario} {r.og_s():.2f} s -> "
             f"{med(x.seconds for x in r.og_nofsync):.2f} s "
             f"(cache put {med(x.cache_put_seconds for x in r.og):.2f} -> "
@@ -1242,36 +1164,7 @@ def findings(bench: Bench) -> list[str]:
     if rows:
         out.append("- **fsync**: officegrid with `os.fsync` made a no-op (extra, uncounted runs, "
                    "medians): "
-                   + "; ".join(rows) + ". rsync does not fsync. Without fsync, `cache put` "
-                   "still re-compresses every blob that arrived compressed and makes a "
-                   "temporary file, a rename and a directory open per blob.")
-    for r in res:
-        if r.patch is None and r.manifest_patch is None:
-            continue
-        og = r.og[-1]
-        other = total(og) - og.manifest_frame_bytes - og.chunk_frame_bytes
-        mp = r.manifest_patch[1] if r.manifest_patch else og.manifest_frame_bytes
-        cp = r.patch[1] if r.patch else og.chunk_frame_bytes
-        out.append(
-            f"- **{r.tree} / {r.scenario}**: officegrid {fmt_b(total(og))} = manifests "
-            f"{fmt_b(og.manifest_frame_bytes)} + chunks {fmt_b(og.chunk_frame_bytes)} + other "
-            f"{fmt_b(other)}; rsync {fmt_b(total(r.rs[-1]))}. Compressed against what the "
-            f"worker already holds (zstd `--patch-from`: each manifest against its directory's "
-            f"previous manifest, each file's new chunks against the chunks they replace): "
-            f"manifests {fmt_b(mp)}, chunks {fmt_b(cp)}, i.e. about "
-            f"{fmt_b(mp + cp + other)} with today's other overhead.")
-    for r in res:
-        if r.stream is None:
-            continue
-        og = r.og[-1]
-        other = total(og) - og.manifest_frame_bytes - og.chunk_frame_bytes
-        out.append(
-            f"- **{r.tree} / first sync**: chunk frames {fmt_b(og.chunk_frame_bytes)} (one "
-            f"zstd-3 frame per chunk) vs {fmt_b(r.stream)} for the same files as one zstd-3 "
-            f"stream (rsync -z sends {fmt_b(r.rs[-1].down)}); manifests "
-            f"{fmt_b(og.manifest_frame_bytes)}; other {fmt_b(other)}, of which "
-            f"{og.up:,} B up for {og.manifests + og.chunks:,} hashes (JSON hex lists) and "
-            f"72 B of framing per blob down.")
+                   + "; ".join(rows) + ". rsync does not fsync.")
     return out
 
 

@@ -87,9 +87,12 @@ class Client:
         self.http = httpx.Client(base_url=self.url + p.API, headers=headers,
                                  timeout=httpx.Timeout(timeout, connect=10.0),
                                  verify=ssl.create_default_context(cafile=str(ca)) if ca
-                                 else True)
+                                 else True, event_hooks={"response": [self._pace]})
         self.bytes_sent = 0
         self.bytes_received = 0
+        #: ``sync.bandwidth.TokenBucket`` pacing bulk downloads (blob bodies) as they are read
+        #: from the socket; None: unlimited. One per agent, shared by all its transfers.
+        self.bandwidth: Any = None
 
     def close(self) -> None:
         self.http.close()
@@ -104,17 +107,25 @@ class Client:
 
     def request(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
                 params: dict | None = None, headers: dict | None = None,
-                timeout: float | None = None, idempotent: bool = True) -> httpx.Response:
+                timeout: float | None = None, idempotent: bool = True,
+                stream: bool = False) -> httpx.Response:
         """Send one request with retries; return the response (2xx) or raise :class:`ApiError`.
 
-        Non-idempotent calls are retried only when the connection failed before sending.
+        Non-idempotent calls are retried only when the connection failed before sending. With
+        ``stream`` the 2xx body is not read: the caller iterates it, counts it in
+        ``bytes_received`` and closes the response.
         """
         start = time.monotonic()
         while True:
             try:
-                resp = self.http.request(
+                req = self.http.build_request(
                     method, path, json=json, content=content, params=params, headers=headers,
-                    timeout=None if timeout is None else httpx.Timeout(timeout, connect=10.0))
+                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None
+                    else httpx.Timeout(timeout, connect=10.0))
+                resp = self.http.send(req, stream=stream)
+                if stream and resp.status_code >= 400:
+                    resp.read()  # an error answer is small JSON: read it, free the connection
+                    resp.close()
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 error: Exception = exc
                 retry_after = None
@@ -126,7 +137,8 @@ class Client:
                 error, retry_after = exc, None
             else:
                 self.bytes_sent += len(content or b"")
-                self.bytes_received += len(resp.content)
+                if not (stream and resp.status_code < 400):
+                    self.bytes_received += len(resp.content)
                 if resp.status_code < 400:
                     self.backoff.success()
                     return resp
@@ -144,6 +156,16 @@ class Client:
                 raise Unreachable(0, "unreachable",
                                   f"cannot reach the server at {self.url}: {error}") from error
             time.sleep(delay)
+
+    def _pace(self, resp: httpx.Response) -> None:
+        """httpx response hook: pace blob bodies (bulk downloads) through ``self.bandwidth``
+        per piece read from the socket, whether the body is read at once or streamed."""
+        bucket = self.bandwidth
+        if bucket is None or resp.status_code >= 400:
+            return
+        kind = resp.headers.get("content-type", "").split(";")[0].strip()
+        if kind in (p.ZSTD, p.BLOB_FETCH):
+            resp.stream = _PacedStream(resp.stream, bucket)
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         return self.request(method, path, **kw).json()
@@ -236,10 +258,15 @@ class Client:
         return data
 
     def fetch_blobs(self, hashes: list[str]) -> list[tuple[str, bytes]]:
-        """Download several blobs in one round trip; return (hash, zstd frame) pairs, unverified
-        (callers verify with cas.ContentStore.put_frame or cas.hash_bytes)."""
+        """Download several blobs in one round trip; return (hash, content) pairs, unverified
+        (callers verify with cas.hash_bytes). Workers use ``worker.fetch.blob_fetcher``
+        instead (streamed, resumable, deltas).
+
+        Raises:
+            ValueError: the answer is malformed or cut off.
+        """
         resp = self.request("POST", "/blobs/fetch", json={"hashes": hashes})
-        return p.decode_blob_batch(resp.content)
+        return [(digest, data) for digest, _kind, data in p.iter_fetch_answer([resp.content])]
 
     # ------------------------------------------------------------------ releases
 
@@ -255,6 +282,10 @@ class Client:
     def channels(self) -> list[dict]:
         return self._json("GET", "/channels")
 
+    def env_broken(self, release_id: str, body: p.EnvBroken) -> dict:
+        """Worker: report that ``release_id``'s environment cannot be built here."""
+        return self._json("POST", f"/releases/{release_id}/broken", json=body.model_dump())
+
     def promote(self, dst: str, *, source: str | None = None, release: str | None = None) -> dict:
         """Point channel ``dst`` at channel ``source``'s release or at ``release`` (id/prefix)."""
         body = p.ChannelMove(source=source, release=release)
@@ -267,6 +298,7 @@ class Client:
                name: str | None = None, priority: int = 0, max_bad_rows: int = 0,
                fmt: str | None = None, delimiter: str | None = None, encoding: str = "utf-8",
                retry_budget: int | None = None, lost_budget: int | None = None,
+               data: list[str] | None = None,
                on_progress: Callable[[int, int], None] | None = None,
                on_bad_row: Callable[[Any], None] | None = None) -> dict:
         """Read, check and upload ``input`` as a stream, then create the job in one request.
@@ -292,6 +324,8 @@ class Client:
         if not p.ENTRY_RE.match(entry):
             raise ValueError(f"--entry {entry!r} is not of the form module:function "
                              "(e.g. enrich:process or pkg.mod:Class.method)")
+        for source in data or []:  # an unknown data source refuses the job before any upload
+            self.data_status(source)
         # Refuse an unknown channel or release before reading a possibly huge input.
         try:
             self.release(release or channel or "worker")
@@ -324,7 +358,8 @@ class Client:
         body = p.JobCreate(name=name, entry=entry, channel=None if release else channel,
                            release=release, key=key, priority=priority,
                            input_name=Path(input).name, units=[p.UnitSpec(**s) for s in specs],
-                           bad_rows=bad, retry_budget=retry_budget, lost_budget=lost_budget)
+                           bad_rows=bad, retry_budget=retry_budget, lost_budget=lost_budget,
+                           data=list(data or []))
         return self._json("POST", "/jobs", json=body.model_dump(mode="json"), idempotent=False)
 
     def jobs(self, limit: int = 50) -> list[dict]:
@@ -384,7 +419,8 @@ class Client:
         """Write a job's results (and optionally its record errors) in record order.
 
         Columns: the record's key (the ``--key`` column, or ``_key`` = input position), the union
-        of all result fields in first-seen order, then ``_release``, ``_unit``, ``_worker``.
+        of all result fields in first-seen order, then ``_release``, ``_env`` (environment hash,
+        None for releases without dependencies), ``_unit``, ``_worker``.
         Only done units are exported.
 
         Returns:
@@ -401,7 +437,7 @@ class Client:
             for c in u["columns"] or []:
                 if c != key_col:
                     fields.setdefault(c, None)
-        columns = [key_col, *fields, "_release", "_unit", "_worker"]
+        columns = [key_col, *fields, "_release", "_env", "_unit", "_worker"]
         writers = []
         if out is not None:
             writers.append(open_writer(Path(out), columns))
@@ -409,13 +445,14 @@ class Client:
             if not table:
                 raise ValueError("--to-sql needs --table")
             writers.append(SqlWriter(to_sql, table, columns))
-        err_writer = open_writer(Path(errors), [key_col, "error", "_release", "_unit",
+        err_writer = open_writer(Path(errors), [key_col, "error", "_release", "_env", "_unit",
                                                 "_worker"]) if errors else None
         n_rows = n_err = 0
         try:
             for i, u in enumerate(units):
                 data = self.get_blob(u["result"])
-                meta = {"_release": u["release"], "_unit": u["id"], "_worker": u["worker"]}
+                meta = {"_release": u["release"], "_env": u.get("env"), "_unit": u["id"],
+                        "_worker": u["worker"]}
                 rows, errs = [], []
                 for line in decode_unit_result(data):
                     if line.error is not None:
@@ -442,6 +479,121 @@ class Client:
         if err_writer:
             err_writer.close()
         return {"rows": n_rows, "errors": n_err, "units": len(units), "columns": columns}
+
+    # ------------------------------------------------------------------ data sources
+
+    def _zjson(self, method: str, path: str, body: Any | None = None, **kw: Any) -> Any:
+        """Send ``body`` as zstd JSON (if given); decode a zstd JSON (or JSON) answer."""
+        import json as _json
+
+        headers = None
+        content = None
+        if body is not None:
+            content = compress(_json.dumps(body, separators=(",", ":")).encode())
+            headers = {"Content-Type": p.ZSTD_JSON}
+        resp = self.request(method, path, content=content, headers=headers, **kw)
+        data = resp.content
+        if resp.headers.get("content-type", "").startswith(p.ZSTD_JSON):
+            data = decompress(data)
+        return _json.loads(data)
+
+    def data_sources(self) -> list[dict]:
+        """Every data source's status with its replicas."""
+        return self._json("GET", p.DATA)
+
+    def data_create(self, name: str, sqlite_file: str | Path, replace: bool = False) -> dict:
+        """Upload a SQLite file as data source ``name`` (compressed); return its status."""
+        data = compress(Path(sqlite_file).read_bytes())
+        return self._json("PUT", p.DATA_SOURCE.format(name=name), content=data,
+                          params={"replace": str(replace).lower()},
+                          headers={"Content-Type": p.ZSTD}, idempotent=False)
+
+    def data_apply(self, name: str, table: str | None = None, *,
+                   upsert: list[dict] | None = None, delete: list[list] | None = None) -> dict:
+        body = p.DataApply(table=table, upsert=upsert, delete=delete).model_dump(mode="json")
+        return self._zjson("POST", p.DATA_APPLY.format(name=name), body, idempotent=False)
+
+    def data_sql(self, name: str, sql: str) -> dict:
+        return self._json("POST", p.DATA_SQL.format(name=name), json={"sql": sql},
+                          idempotent=False)
+
+    def data_purge(self, name: str, before: int) -> dict:
+        return self._json("POST", p.DATA_PURGE.format(name=name), json={"before": before})
+
+    def data_status(self, name: str) -> dict:
+        return self._json("GET", p.DATA_SOURCE.format(name=name))
+
+    def data_log(self, name: str, epoch: str, after: int, max_entries: int = 1000) -> dict:
+        """Log entries after ``after``. Raises ``replication.errors.NeedsRepair`` on 409 resync."""
+        from officegrid.sync.replication.errors import NeedsRepair
+
+        try:
+            return self._zjson("GET", p.DATA_LOG.format(name=name),
+                               params={"epoch": epoch, "after": after, "max": max_entries})
+        except ApiError as exc:
+            if exc.code == p.E_RESYNC:
+                raise NeedsRepair(exc.message) from None
+            raise
+
+    def data_snapshot_info(self, name: str) -> dict:
+        return self._json("GET", p.DATA_SNAPSHOT.format(name=name))
+
+    def data_snapshot_stream(self, name: str, snap_id: str, offset: int = 0,
+                             chunk: int = 1 << 16) -> Iterator[bytes]:
+        """Stream the compressed snapshot from byte ``offset`` (HTTP Range); a cut raises."""
+        path = p.DATA_SNAPSHOT_FILE.format(name=name, snap_id=snap_id)
+        # The first request (with retries and Retry-After for transfer slots) checks it exists.
+        headers = {"Range": f"bytes={offset}-"} if offset else None
+        while True:
+            with self.http.stream("GET", path, headers=headers) as resp:
+                if resp.status_code in RETRY_STATUS:
+                    ra = resp.headers.get(p.RETRY_AFTER)
+                    time.sleep(self.backoff.jitter(float(ra)) if ra and _is_number(ra)
+                               else self.backoff.next_delay())
+                    continue
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _api_error(resp)
+                if offset and resp.status_code != 206:
+                    raise ApiError(resp.status_code, "range", "the server ignored the Range "
+                                   "of a resumed snapshot download")
+                for piece in resp.iter_raw(chunk):
+                    self.bytes_received += len(piece)
+                    yield piece
+                return
+
+    def data_ranges(self, name: str, table: str, bucket_rows: int) -> list[list]:
+        return self._zjson("POST", p.DATA_RANGES.format(name=name),
+                           {"table": table, "bucket_rows": bucket_rows})
+
+    def data_row_hashes(self, name: str, table: str, ranges: list[list], size: int) -> list[dict]:
+        return self._zjson("POST", p.DATA_ROW_HASHES.format(name=name),
+                           {"table": table, "ranges": ranges, "size": size})
+
+    def data_rows(self, name: str, table: str, keys: list[list] | None = None,
+                  ranges: list[list] | None = None) -> dict:
+        return self._zjson("POST", p.DATA_ROWS.format(name=name),
+                           {"table": table, "keys": keys, "ranges": ranges})
+
+    def data_report(self, name: str, replica: str, epoch: str, pos: int) -> None:
+        self.request("PUT", p.DATA_REPLICA.format(name=name),
+                     json={"replica": replica, "epoch": epoch, "pos": pos})
+
+
+class _PacedStream(httpx.SyncByteStream):
+    """A response byte stream that takes tokens from a bucket for every piece it yields."""
+
+    def __init__(self, inner: Any, bucket: Any) -> None:
+        self.inner = inner
+        self.bucket = bucket
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in self.inner:
+            self.bucket.consume(len(piece))
+            yield piece
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def _is_number(s: str) -> bool:

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ByteSize, ConfigDict, ValidationError, field_validator
 
 DEFAULT_SERVER = "http://127.0.0.1:8765"
 CONFIG_ENV = "OFFICEGRID_CONFIG"
@@ -21,6 +21,14 @@ CONFIG_ENV = "OFFICEGRID_CONFIG"
 
 class ConfigError(ValueError):
     """A setting is invalid; the message names the file or variable and the key."""
+
+
+def _check_rate(v: str | None) -> str | None:
+    if v is not None:
+        from officegrid.sync.bandwidth import parse_rate
+
+        parse_rate(v)  # ValueError names the bad text
+    return v
 
 
 class _Settings(BaseModel):
@@ -60,6 +68,19 @@ class ServerSettings(_Settings):
     transfer_slots: int = 32  # bulk downloads served at once, site-wide (all server processes)
     transfer_retry_after: float = 2.0  # seconds a refused transfer is told to wait (+ jitter)
     transfer_slot_ttl: float = 300.0
+    # Data sources (issue 4): change-log retention, like binlog expiry (None: no limit), and how
+    # often a master is polled (schema check, sealing) at most when replicas ask.
+    data_log_max_age: float | None = 7 * 86400.0
+    data_log_max_bytes: int | None = 1 << 30
+    data_poll_interval: float = 0.2
+    # Total bulk download rate, site-wide (e.g. "50MB/s"; sync/bandwidth.parse_rate); each
+    # transfer paces itself at this / the transfer slots held (server/routers/blobs.py).
+    transfer_max_bandwidth: str | None = None
+
+    @field_validator("transfer_max_bandwidth")
+    @classmethod
+    def _check_server_rate(cls, v: str | None) -> str | None:
+        return _check_rate(v)
 
 
 class WorkerSettings(_Settings):
@@ -81,6 +102,32 @@ class WorkerSettings(_Settings):
     keep_releases: int = 3  # materialized releases kept besides those in use
     cache_max_bytes: int = 5 << 30  # chunk cache cap; unneeded chunks beyond it are dropped
     trusted_keys: list[Path] = []  # public keys; when set, only releases they signed run
+    env_retry_after: float = 3600.0  # seconds before a release whose env failed is tried again
+    max_bandwidth: str | None = None  # cap on this agent's bulk downloads, e.g. "2MB/s"
+    transfer_window: str | None = None  # release fetches only then, e.g. "20:00-06:00"
+
+    @field_validator("max_bandwidth")
+    @classmethod
+    def _check_worker_rate(cls, v: str | None) -> str | None:
+        return _check_rate(v)
+
+    @field_validator("transfer_window")
+    @classmethod
+    def _check_window(cls, v: str | None) -> str | None:
+        if v is not None:
+            from officegrid.worker.windows import Schedule
+
+            Schedule.parse(v)  # ValueError names the bad part
+        return v
+    # Resource guards (worker/owner.py); bytes, or a size such as "2GB" / "512MiB".
+    max_memory: ByteSize | None = None  # RSS summed over a unit's tree; over it the attempt fails
+    min_free_disk: ByteSize | None = None  # below this free in the work dir, take no units
+    # The whole work dir (releases, environments, chunk cache, replicas, logs) stays within
+    # this; least recently used releases, environments and chunks are evicted first.
+    disk_budget: ByteSize | None = None
+    # Owner policy: a PolicySettings (worker/policy.py) from [policy] and --policy, set by
+    # load_policy(); a preset name is accepted too. None: "always".
+    policy: Any = None
 
 
 class ClientSettings(_Settings):
@@ -122,6 +169,7 @@ def load(cls: type[S], section: str, overrides: dict[str, Any] | None = None,
     """
     path = config_file or _config_path()
     values: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # key -> where its value came from, for error messages
     table = _read_toml(path).get(section, {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [{section}] must be a table")
@@ -129,21 +177,44 @@ def load(cls: type[S], section: str, overrides: dict[str, Any] | None = None,
         if key not in cls.model_fields:
             raise ConfigError(f"{path}: unknown key [{section}].{key}")
         values[key] = value
+        origin[key] = f"{path} [{section}].{key}"
     for key in cls.model_fields:
         if key in env_skip:
             continue
         env = os.environ.get(f"OFFICEGRID_{key.upper()}")
         if env is not None and env != "":
             values[key] = env
+            origin[key] = f"environment variable OFFICEGRID_{key.upper()}"
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = value
+            origin[key] = f"flag --{key.replace('_', '-')}"
     try:
         return cls(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(
-            f"setting {section}.{key} (from {path}, OFFICEGRID_{key.upper()} or a flag): "
-            f"{err['msg']}"
-        ) from exc
+        where = origin.get(str(err["loc"][0]) if err["loc"] else "", "the defaults")
+        # pydantic prefixes messages of validators that raised ValueError: not for users
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"setting {section}.{key} (from {where}): {msg}") from exc
+
+
+def load_policy(preset: str | None = None, config_file: Path | None = None) -> Any:
+    """The ``[policy]`` table as a ``PolicySettings`` (officegrid.worker.policy).
+
+    ``preset`` (the ``--policy`` flag) or else ``OFFICEGRID_POLICY`` overrides the table's preset;
+    the table's other keys still override the preset's numbers.
+
+    Raises:
+        ConfigError: e.g. "officegrid.toml: unknown key [policy].strat_idle".
+    """
+    from officegrid.worker.policy import PolicySettings
+
+    preset = preset or os.environ.get("OFFICEGRID_POLICY") or None
+    try:
+        return load(PolicySettings, "policy", {"preset": preset}, config_file,
+                    env_skip=frozenset(PolicySettings.model_fields))
+    except ConfigError as exc:  # [policy] keys come from the file only (preset: also a flag)
+        text = str(exc).replace("flag --preset", "OFFICEGRID_POLICY or --policy")
+        raise ConfigError(text) from exc

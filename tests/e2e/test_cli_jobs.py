@@ -82,6 +82,7 @@ def expected_rows(rid: str) -> list[dict]:
         row = {"id": f"r{i}", "double": 2 * i}
         row.update({"odd": True, "half": None} if i % 2 else {"odd": None, "half": i / 2})
         row["_release"] = rid
+        row["_env"] = None  # the release has no dependencies
         rows.append(row)
     return rows
 
@@ -129,7 +130,7 @@ def test_results_every_record_once_in_input_order(full_run, mgrid, cli, fmt):
     out = cli.cwd / f"out.{fmt}"
     exp = cli.ok("results", job, "--out", out.name)
     assert f"8 rows and 1 record error from 5 units -> {out.name}" in exp.err, exp
-    columns = ["id", "double", "odd", "half", "_release", "_unit", "_worker"]
+    columns = ["id", "double", "odd", "half", "_release", "_env", "_unit", "_worker"]
     if fmt == "csv":
         with open(out, newline="") as fh:
             reader = csv.DictReader(fh)
@@ -161,7 +162,7 @@ def test_results_errors_file_holds_the_record_error(full_run, mgrid, cli):
     cli.ok("results", job, "--out", "out.csv", "--errors", "errs.csv")
     with open(cli.cwd / "errs.csv", newline="") as fh:
         reader = csv.DictReader(fh)
-        assert reader.fieldnames == ["id", "error", "_release", "_unit", "_worker"]
+        assert reader.fieldnames == ["id", "error", "_release", "_env", "_unit", "_worker"]
         errs = list(reader)
     assert len(errs) == 1, errs
     (e,) = errs
@@ -195,12 +196,14 @@ def test_results_to_sql(full_run, cli, url):
         with eng.connect() as conn:
             t = sa.Table(table, sa.MetaData(), autoload_with=conn)  # "double" is reserved
             got = [r._asdict() for r in conn.execute(sa.select(t).order_by(t.c.id))]
-        assert t.c.keys() == ["id", "double", "odd", "half", "_release", "_unit", "_worker"]
+        assert t.c.keys() == ["id", "double", "odd", "half", "_release", "_env", "_unit",
+                              "_worker"]
         assert isinstance(t.c.double.type, sa.BigInteger)
         assert isinstance(t.c.half.type, sa.Float)
         rows = [{"id": r["id"], "double": r["double"],
                  "odd": None if r["odd"] is None else bool(r["odd"]),  # MariaDB: 1
-                 "half": r["half"], "_release": r["_release"]} for r in got]
+                 "half": r["half"], "_release": r["_release"], "_env": r["_env"]}
+                for r in got]
         assert rows == expected_rows(rid)
         # Exporting again appends (same columns) rather than failing or replacing.
         cli.ok("results", job, "--to-sql", url, "--table", table)

@@ -170,3 +170,180 @@ def test_pull_unknown_channel_is_refused(cli, tmp_path):
     assert res.returncode == 1, res
     assert "no channel or release 'never-published'" in res.err, res
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------- issue 3 new-user trial: release command fixes
+
+
+def _keypair(tmp_path, name: str):
+    from officegrid.signing import create_keypair
+
+    key = tmp_path / f"{name}.key"
+    return key, create_keypair(key, tmp_path / f"{name}.pub")
+
+
+def test_resigning_with_another_key_is_refused(cli, mgrid, tmp_path):
+    key1, id1 = _keypair(tmp_path, "key1")
+    key2, id2 = _keypair(tmp_path, "key2")
+    src = code_dir(tmp_path, "resign")
+    rid = cli.ok("release", "create", src, "--channel", "resign-ch", "--sign", key1).last_line
+    assert mgrid.admin.release(rid)["signer"] == id1
+    res = cli("release", "create", src, "--channel", "resign-other", "--sign", key2)
+    assert res.returncode == 1, res
+    assert "Traceback" not in res.stderr, res
+    assert "(HTTP 409)" in res.err, res
+    assert f"release {rid[:12]} is already published, signed by key {id1}" in res.err, res
+    assert id2 in res.err and "without --sign" in res.err, res
+    info = mgrid.admin.release(rid)
+    assert info["signer"] == id1  # the workers trusting key1 still run it
+    assert "resign-other" not in info["channels"]  # refused as a whole: no channel moved
+    # The same signature again, or no signature, is fine and keeps key1's.
+    cli.ok("release", "create", src, "--channel", "resign-ch", "--sign", key1)
+    cli.ok("release", "create", src, "--channel", "resign-ch")
+    assert mgrid.admin.release(rid)["signer"] == id1
+
+
+def test_signing_an_unsigned_release_adds_the_signature(cli, mgrid, tmp_path):
+    key, kid = _keypair(tmp_path, "late")
+    src = code_dir(tmp_path, "late-sign")
+    rid = cli.publish(src, "late-ch")
+    assert mgrid.admin.release(rid)["signer"] is None
+    res = cli.ok("release", "create", src, "--channel", "late-ch", "--sign", key)
+    assert res.last_line == rid
+    assert f"signed by key {kid}" in res.err, res
+    info = mgrid.admin.release(rid)
+    assert info["signer"] == kid and info["signature"]
+
+
+def test_republishing_same_content_says_so_and_keeps_first_metadata(cli, mgrid, tmp_path):
+    src = code_dir(tmp_path, "again")
+    first = cli.ok("release", "create", src, "--channel", "again-a", "-m", "first cut")
+    rid = first.last_line
+    assert "already exists" not in first.err, first
+    res = cli.ok("release", "create", src, "--channel", "again-b", "-m", "second try")
+    assert res.last_line == rid
+    assert f"release {rid[:12]} already exists (published " in res.err, res
+    assert "with message 'first cut'" in res.err, res
+    assert "nothing changed except the channel" in res.err, res
+    info = mgrid.admin.release(rid)
+    assert info["message"] == "first cut"
+    assert sorted(info["channels"]) == ["again-a", "again-b"]
+    as_json = json.loads(cli.ok("release", "create", src, "--channel", "again-b", "-m", "x",
+                                "--json").stdout)
+    assert as_json["existed"] is True and as_json["message"] == "first cut"
+
+
+BAD_CHANNELS = ["a/b", "../x", "with space", "", "x" * 300, ".hidden", "0123abcd" * 8]
+
+
+@pytest.mark.parametrize("name", BAD_CHANNELS, ids=["slash", "dotdot", "space", "empty",
+                                                     "long", "dot", "hex64"])
+def test_bad_channel_names_are_refused_early(cli, mgrid, tmp_path, name):
+    src = code_dir(tmp_path, "badch")
+    res = cli("release", "create", src, "--channel", name)
+    assert res.returncode == 1, res
+    assert "Traceback" not in res.stderr, res
+    shown = name if len(name) <= 80 else name[:80] + "..."
+    assert f"invalid channel name {shown!r}" in res.err, res
+    assert "1 to 64 letters, digits" in res.err, res
+    assert res.stdout == "", res
+    # promote to it, rollback it, pull or diff it: the same clear error, not a 404 or a
+    # JSON decoding error.
+    for args in (("promote", "trunk", name), ("promote", name, "--to", "a" * 64)):
+        res = cli("release", *args)
+        assert res.returncode == 1 and f"invalid channel name {shown!r}" in res.err, res
+    for args in (("pull", name, "--to", "out"), ("diff", name, "trunk")):
+        res = cli("release", *args)
+        assert res.returncode == 1, res
+        if name == "0123abcd" * 8:  # not a channel, but a release id: looked up, not found
+            assert f"no channel or release {name!r}" in res.err, res
+            continue
+        assert f"invalid channel or release {shown!r}" in res.err, res
+        assert "at least 6 hex characters" in res.err, res
+    assert name not in [c["name"] for c in mgrid.admin.channels()]
+
+
+def test_server_refuses_bad_channel_names(mgrid):
+    from officegrid.client import ApiError
+
+    with pytest.raises(ApiError) as exc:
+        mgrid.admin.request("POST", "/releases", json={"id": "0" * 64, "channel": "a b"})
+    assert exc.value.status == 422
+    assert "invalid channel name 'a b'" in exc.value.message
+    with pytest.raises(ApiError) as exc:
+        mgrid.admin.promote("with space", source="trunk")
+    assert exc.value.status == 422
+    assert "invalid channel name 'with space'" in exc.value.message
+
+
+def test_promote_with_dst_and_to_is_refused(cli, mgrid, tmp_path):
+    old = cli.publish(code_dir(tmp_path, "both-old"), "both-src")
+    new = cli.publish(code_dir(tmp_path, "both-new"), "both-src")
+    res = cli("release", "promote", "both-src", "both-dst", "--to", old)
+    assert res.returncode == 1, res
+    assert "Traceback" not in res.stderr, res
+    assert "give SRC DST, or CHANNEL --to RELEASE_ID, not both" in res.err, res
+    assert "both-dst" in res.err, res
+    assert mgrid.admin.release("both-src")["id"] == new  # nothing moved
+    assert all(c["name"] != "both-dst" for c in mgrid.admin.channels())
+    alone = cli("release", "promote", "both-src")
+    assert alone.returncode == 1 and "give SRC DST, or CHANNEL --to RELEASE_ID" in alone.err
+
+
+def test_short_release_prefix_says_too_short(cli, tmp_path):
+    rid = cli.publish(code_dir(tmp_path, "short"), "short-ch")
+    res = cli("release", "pull", rid[:4], "--to", "out")
+    assert res.returncode == 1, res
+    assert f"{rid[:4]!r} is too short for a release id prefix" in res.err, res
+    assert "at least 6 hex characters" in res.err, res
+    ok = cli.ok("release", "pull", rid[:6], "--to", "out")
+    assert ok.last_line == rid
+
+
+def test_pull_reports_removed_paths(cli, tmp_path):
+    src = code_dir(tmp_path, "removed")
+    cli.publish(src, "removed-ch")
+    dest = tmp_path / "co"
+    first = cli.ok("release", "pull", "removed-ch", "--to", dest)
+    assert "5 files written, 0 removed" in first.err, first
+    (src / "pkg" / "helpers.py").unlink()
+    (src / "pkg" / "__init__.py").unlink()
+    (src / "pkg").rmdir()
+    (dest / "stray.txt").write_text("local\n")
+    cli.publish(src, "removed-ch")
+    res = cli.ok("release", "pull", "removed-ch", "--to", dest)
+    # pkg/ (one directory, with its two files) and stray.txt
+    assert "0 files written, 2 removed (files or directories not in the release)" in res.err, res
+    assert not (dest / "pkg").exists() and not (dest / "stray.txt").exists()
+
+
+def test_diff_says_bytes_are_before_compression(cli, tmp_path):
+    src = code_dir(tmp_path, "diffmsg")
+    a = cli.publish(src, "diffmsg-ch")
+    (src / "data" / "blob.bin").write_bytes(b"changed" * 1000)
+    b = cli.publish(src, "diffmsg-ch")
+    res = cli.ok("release", "diff", a, b)
+    assert res.stdout.split() == ["M", "data/blob.bin"], res
+    assert "fetches at most 7,000 bytes of file content" in res.err, res
+    assert "before compression and delta encoding" in res.err, res
+
+
+def test_git_commit_is_recorded_and_marked_dirty(cli, mgrid, tmp_path):
+    import subprocess
+
+    src = code_dir(tmp_path, "git")
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com",
+                               "-C", str(src), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "c1")
+    head = git("rev-parse", "HEAD")
+    clean = cli.publish(src, "git-ch")
+    assert mgrid.admin.release(clean)["git_commit"] == head
+    (src / "job.py").write_text("# uncommitted edit\n")
+    dirty = cli.publish(src, "git-ch")
+    assert mgrid.admin.release(dirty)["git_commit"] == f"{head}-dirty"

@@ -109,8 +109,8 @@ def test_jsonl_input(cli, tmp_path):
     _, rows = run_echo(cli, "in.jsonl", "--key", "id")
     assert [r["id"] for r in rows] == ["a", "b", "c"]
     # Fields are the union in first-seen order; a record without one gets null.
-    assert list(rows[0]) == ["id", "n", "city", "tags", "addr", "ok", "_release", "_unit",
-                             "_worker"]
+    assert list(rows[0]) == ["id", "n", "city", "tags", "addr", "ok", "_release", "_env",
+                             "_unit", "_worker"]
     assert strip_meta(rows) == [
         {"id": "a", "n": 1, "city": "Zürich", "tags": ["x", "y"], "addr": {"zip": "8001"},
          "ok": None},
@@ -138,7 +138,8 @@ def test_parquet_input(cli, mgrid, tmp_path):
     # ... and exported to Parquet the types survive.
     cli.ok("results", job, "--out", "out.parquet")
     out = pq.read_table(tmp_path / "out.parquet")
-    assert out.column_names == ["id", "name", "score", "active", "_release", "_unit", "_worker"]
+    assert out.column_names == ["id", "name", "score", "active", "_release", "_env", "_unit",
+                                "_worker"]
     assert out.schema.field("id").type == pa.int64()
     assert out.schema.field("score").type == pa.float64()
     assert out.schema.field("active").type == pa.bool_()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import time
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
@@ -47,6 +48,7 @@ class Server:
         self.store = cas.ContentStore(root)
         self.calls: list[list[str]] = []
         self.fail_after: int | None = None  # raise on the call with this index
+        self.bases: dict[str, str] = {}  # delta bases offered: hash -> base hash
 
     def publish(self, src: Path) -> str:
         tree = build_tree(src)
@@ -56,10 +58,12 @@ class Server:
     def put_manifest(self, entries: Iterable[FileEntry | DirEntry]) -> str:
         return self.store.put(encode_manifest(entries))
 
-    def fetch(self, hashes: list[str]) -> list[tuple[str, bytes]]:
+    def fetch(self, hashes: list[str], bases: dict[str, str] | None = None
+              ) -> list[tuple[str, bytes]]:
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise ConnectionError("transfer cut off")
         self.calls.append(list(hashes))
+        self.bases.update(bases or {})
         return [(h, self.store.read(h)) for h in hashes if self.store.has(h)]
 
     @property
@@ -244,7 +248,13 @@ def test_one_line_edit_fetches_only_the_root_path_and_the_file(
     e1 = next(e for e in _entries(tree.manifests[d3]) if e.name == "e1").hash
     file_hash = cas.hash_bytes(path.read_bytes())
     assert server.calls == [[new], [d3], [e1], [file_hash]]
+    # Each changed blob was offered as a delta against its previous version beside it.
+    old_d3 = next(e for e in _entries(server.store.read(old)) if e.name == "d3").hash
+    old_e1 = next(e for e in _entries(server.store.read(old_d3)) if e.name == "e1").hash
+    old_file = next(e for e in _entries(server.store.read(old_e1)) if e.name == "f5.py").hash
+    assert server.bases == {new: old, d3: old_d3, e1: old_e1, file_hash: old_file}
     assert (stats.manifests_fetched, stats.chunks_fetched, stats.files_written) == (3, 1, 300)
+    assert stats.files_reused == 299
     expected = sum(len(tree.manifests[h]) for h in (new, d3, e1)) + path.stat().st_size
     assert stats.bytes_fetched == expected
     assert stats.bytes_fetched < 6000  # vs rsync's 42.7 KB file list for a similar tree
@@ -465,7 +475,7 @@ def test_pull_rewrites_only_what_differs_and_marks_incomplete_while_updating(
     monkeypatch.setattr(mat_mod, "_write_file", cut)
     with pytest.raises(OSError, match="cut off"):
         pull_into(r2, target, cache=cache, fetch=server.fetch)
-    assert (target / ".officegrid-pull").read_text().splitlines()[0] == "incomplete"
+    assert (target / ".officegrid-pull").read_text().splitlines()[0] == f"incomplete {r1}"
     monkeypatch.undo()
     stats = pull_into(r2, target, cache=cache, fetch=server.fetch)
     assert stats.files_written == 1
@@ -666,3 +676,189 @@ def test_fetch_batches_are_bounded_by_size(tmp_path):
     finally:
         m.BATCH_BYTES = old
     assert max(sizes) <= 1_000_000 and len(sizes) >= 5
+
+
+# --------------------------------------------------------------------------- review R1
+
+
+def _two_releases(tmp_path: Path, server: Server, cache: cas.ContentStore) -> tuple[str, str]:
+    for i in range(3):
+        write(tmp_path / "src", f"d/f{i}.txt", f"file {i}\n" * 100)
+    r1 = server.publish(tmp_path / "src")
+    materialize(r1, tmp_path / "releases" / r1, cache=cache, fetch=server.fetch)
+    write(tmp_path / "src", "d/f0.txt", "changed\n")
+    return r1, server.publish(tmp_path / "src")
+
+
+@pytest.mark.parametrize("meanwhile", [
+    lambda src: os.unlink(src),  # the cache bound (another slot's prune) removes that release
+    lambda src: Path(src).write_text("SCRIBBLE\n" * 100),  # a unit of it writes to the file
+], ids=["removed", "written"])
+def test_a_file_of_the_release_beside_that_changes_as_it_is_copied_is_written_from_chunks(
+    tmp_path: Path, server: Server, cache: cas.ContentStore, monkeypatch: pytest.MonkeyPatch,
+    meanwhile: Any,
+) -> None:
+    r1, r2 = _two_releases(tmp_path, server, cache)
+    real_copy = mat_mod.shutil.copyfile
+
+    def copy(src: Any, dst: Any, **kw: Any) -> Any:
+        meanwhile(src)
+        return real_copy(src, dst, **kw)
+
+    monkeypatch.setattr(mat_mod.shutil, "copyfile", copy)
+    stats = materialize(r2, tmp_path / "releases" / r2, cache=cache, fetch=server.fetch)
+    assert stats.files_reused == 0 and stats.files_written == 3
+    assert snapshot(tmp_path / "releases" / r2) == snapshot(tmp_path / "src")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_reused_files_are_fsynced_where_there_is_no_syncfs(
+    tmp_path: Path, server: Server, cache: cas.ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without syncfs (Windows, macOS) every file, copied ones too, is fsynced before the
+    marker: else a power cut can leave a 'complete' release with empty files."""
+    r1, r2 = _two_releases(tmp_path, server, cache)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(mat_mod, "_SYNCFS", None)
+    monkeypatch.setattr(mat_mod.os, "fsync", fsync)
+    stats = materialize(r2, tmp_path / "releases" / r2, cache=cache, fetch=server.fetch)
+    assert stats.files_reused == 2
+    assert {"f0.txt", "f1.txt", "f2.txt"} <= set(synced)
+
+
+def test_pull_handles_names_of_255_bytes(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    name = "é" * 127  # 254 bytes: no room for a temporary name built on it
+    write(tmp_path / "src", f"d/{name}", "long")
+    rid = server.publish(tmp_path / "src")
+    pull_into(rid, tmp_path / "out", cache=cache, fetch=server.fetch)
+    assert snapshot(tmp_path / "out") == snapshot(tmp_path / "src")
+
+
+def test_pull_makes_added_and_removed_directories_durable_before_the_marker(
+    tmp_path: Path, server: Server, cache: cas.ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "src1", "a/b/old.txt", "old")
+    r1 = server.publish(tmp_path / "src1")
+    write(tmp_path / "src2", "a/new/c/f.txt", "new")
+    r2 = server.publish(tmp_path / "src2")
+    target = tmp_path / "out"
+    pull_into(r1, target, cache=cache, fetch=server.fetch)
+    synced: list[Path] = []
+    real = mat_mod._fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(mat_mod, "_SYNCFS", None)
+    monkeypatch.setattr(mat_mod, "_fsync_dir", fsync_dir)
+    pull_into(r2, target, cache=cache, fetch=server.fetch)
+    assert snapshot(target) == snapshot(tmp_path / "src2")
+    assert {target / "a", target / "a" / "new", target / "a" / "new" / "c"} <= set(synced)
+
+
+def test_pull_removes_only_its_own_leftovers_beside_the_target(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    """Only the swap directories of older pulls (``.{name}.pull-{hex}-new|old``) are swept."""
+    write(tmp_path / "src", "a.txt", "one")
+    rid = server.publish(tmp_path / "src")
+    write(tmp_path, ".out.pull-notes.txt", "the user's own file")
+    write(tmp_path, ".out.pull-backup/keep.txt", "the user's own directory")
+    write(tmp_path, ".out.pull-0123abcd-old/half.txt", "leftover of a crash")
+    pull_into(rid, tmp_path / "out", cache=cache, fetch=server.fetch)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == [
+        ".out.pull-backup", ".out.pull-notes.txt"]
+
+
+def _naive_chunk_bases(new: FileEntry, old: FileEntry) -> dict[str, str]:
+    """The definition: for each chunk of ``new``, the chunk of ``old`` overlapping it most."""
+    old_ranges, pos = [], 0
+    for digest, size in old.chunks:
+        if size > 0:
+            old_ranges.append((pos, pos + size, digest))
+        pos += size
+    out: dict[str, str] = {}
+    pos = 0
+    for digest, size in new.chunks:
+        start, end, pos = pos, pos + size, pos + size
+        if size and old_ranges:
+            best, most = old_ranges[-1][2], 0
+            for o_start, o_end, o_digest in old_ranges:
+                if min(end, o_end) - max(start, o_start) > most:
+                    best, most = o_digest, min(end, o_end) - max(start, o_start)
+            if best != digest:
+                out.setdefault(digest, best)
+    return out
+
+
+def _entry(chunks: list[tuple[str, int]]) -> FileEntry:
+    return FileEntry("f", 0o644, sum(n for _, n in chunks), "0" * 64, tuple(chunks))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 9)), max_size=12),
+       st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 9)), max_size=12))
+def test_chunk_bases_are_the_most_overlapping_old_chunks(new: list, old: list) -> None:
+    new_e = _entry([(c * 64, n) for c, n in new])
+    old_e = _entry([(c.upper() * 64, n) for c, n in old] + [("a" * 64, 3)])
+    assert mat_mod._overlap_bases(new_e, old_e) == _naive_chunk_bases(new_e, old_e)
+
+
+def test_chunk_bases_follow_unchanged_neighbours_across_a_shift() -> None:
+    """An insert shifts every later offset: the changed chunks at its edges replace the old
+    chunk between their unchanged neighbours, not the one at the same offset."""
+    a, b, c, d, e = (ch * 64 for ch in "abcde")
+    old = _entry([(a, 100), (b, 100), (c, 100), (d, 100), (e, 100)])
+    x1, x2, x3 = (ch * 64 for ch in "123")  # c's region edited + 1,000 bytes inserted
+    new = _entry([(a, 100), (b, 100), (x1, 500), (x2, 500), (x3, 100), (d, 100), (e, 100)])
+    bases = mat_mod._chunk_bases(new, old)
+    assert bases[x1] == c  # after the unchanged b
+    assert bases[x3] == c  # before the unchanged d (same offset would give e's range)
+    assert x2 in bases  # no unchanged neighbour: the most overlapping old chunk
+
+
+def test_chunk_bases_of_a_huge_file_take_linear_time() -> None:
+    """A 10 GB file has ~80,000 chunks: comparing every pair took minutes."""
+    n = 80_000
+    old = _entry([(f"{i:064x}", 131_072) for i in range(n)])
+    new = _entry([(f"{i + n:064x}", 131_072 + (i == 0)) for i in range(n)])
+    t0 = time.monotonic()
+    bases = mat_mod._chunk_bases(new, old)
+    assert time.monotonic() - t0 < 5
+    assert len(bases) == n
+
+
+def test_a_file_edited_while_a_pull_runs_is_not_vouched_for_by_the_index(
+    tmp_path: Path, server: Server, cache: cas.ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review R1: the index was built from stat data read at the end of the pull, so an
+    unchanged file edited meanwhile was indexed as holding the release's content, and no
+    later pull repaired it."""
+    write(tmp_path / "src", "a.txt", "one\n")
+    write(tmp_path / "src", "b.txt", "two\n")
+    r1 = server.publish(tmp_path / "src")
+    target = tmp_path / "out"
+    pull_into(r1, target, cache=cache, fetch=server.fetch)
+    write(tmp_path / "src", "b.txt", "TWO\n")
+    r2 = server.publish(tmp_path / "src")
+    real_write = mat_mod._write_file
+
+    def write_while_the_owner_edits(*args: Any) -> None:
+        (target / "a.txt").write_text("local edit\n")  # a.txt is unchanged in r2
+        real_write(*args)
+
+    monkeypatch.setattr(mat_mod, "_write_file", write_while_the_owner_edits)
+    pull_into(r2, target, cache=cache, fetch=server.fetch)
+    monkeypatch.undo()
+    again = pull_into(r2, target, cache=cache, fetch=server.fetch)
+    assert not again.already_present and again.files_written == 1
+    assert snapshot(target) == snapshot(tmp_path / "src")

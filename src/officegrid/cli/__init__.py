@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from officegrid.cli import admin, job, release, server, worker
+from officegrid.cli import admin, job, owner, release, server
+from officegrid.cli import data as data_cli
+from officegrid.cli import pause as owner_pause
 
 app = typer.Typer(rich_markup_mode=None,
     name="officegrid", no_args_is_help=True, add_completion=False,
@@ -12,8 +14,11 @@ app = typer.Typer(rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("server")(server.server)
-app.command("worker")(worker.worker)
+app.add_typer(owner.worker_app(), name="worker")  # the agent + install/uninstall
+app.command("idle")(owner.idle)
+app.command("idle-reporter")(owner.idle_reporter)
 app.add_typer(release.app, name="release")
+app.add_typer(data_cli.app, name="data")
 app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.keys_app, name="keys")
 app.command("workers")(admin.workers)
@@ -24,6 +29,8 @@ app.command("results")(job.results)
 app.command("cancel")(job.cancel)
 app.command("retry")(job.retry)
 app.command("logs")(job.logs)
+app.command("pause")(owner_pause.pause)
+app.command("resume")(owner_pause.resume)
 
 
 @app.command("demo")

@@ -107,14 +107,12 @@ def submit(
     delimiter: str = typer.Option(None, "--delimiter", help="CSV delimiter [default: sniffed]"),
     encoding: str = typer.Option("utf-8", "--encoding", help="CSV/JSONL text encoding"),
     retries: int = typer.Option(None, "--retries", help="retry budget per unit [default: 3]"),
-    data: list[str] = typer.Option(None, "--data", help="data sources the job reads (later)"),
+    data: list[str] = typer.Option(None, "--data", help="a data source the job reads "
+                                   "(repeatable); units read replicas at least this new"),
     wait: bool = typer.Option(False, "--wait", help="block until the job ends (exit status)"),
     server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Check and upload INPUT as a stream and create a job; prints the job id."""
-    if data:
-        raise ValueError("--data needs replicated data sources, which this server version "
-                         "does not have yet")
     with client(server, token, ca) as c:
         with Progress(TextColumn("reading {task.fields[file]}"), TextColumn("{task.completed:,} "
                       "records, {task.fields[units]} units uploaded"), console=err,
@@ -130,7 +128,8 @@ def submit(
             info = c.submit(entry, input, channel=channel, release=release, unit_size=unit_size,
                             key=key, name=name, priority=priority, max_bad_rows=max_bad_rows,
                             fmt=fmt, delimiter=delimiter, encoding=encoding,
-                            retry_budget=retries, on_progress=progress, on_bad_row=bad)
+                            retry_budget=retries, data=data, on_progress=progress,
+                            on_bad_row=bad)
         cnt = info["counts"]
         emit(info, as_json, info["id"],
              f"job {info['id']}: {cnt['records']:,} records in {cnt['units']} units"

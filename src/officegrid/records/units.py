@@ -304,3 +304,21 @@ def result_columns(data: bytes) -> list[str]:
         for row in line.rows:
             seen.update(row)  # keeps the first insertion position of each name
     return list(seen)
+
+
+def split_unit_input(data: bytes, n: int) -> tuple[bytes, bytes, Key, Key]:
+    """Split unit-input JSON Lines after the first ``n`` records (vacate with a finished prefix).
+
+    Returns ``(prefix, rest, last key of the prefix, first key of the rest)``; both parts keep
+    the original lines byte for byte.
+
+    Raises:
+        ValueError: ``n`` is not between 1 and the number of records - 1, or a line is malformed.
+    """
+    lines = [line for line in data.split(b"\n") if line]
+    if not 0 < n < len(lines):
+        raise ValueError(f"cannot split a unit of {len(lines)} records after {n}")
+    prefix, rest = lines[:n], lines[n:]
+    (last_key, _), = decode_unit_input(prefix[-1])
+    (first_key, _), = decode_unit_input(rest[0])
+    return b"\n".join(prefix) + b"\n", b"\n".join(rest) + b"\n", last_key, first_key

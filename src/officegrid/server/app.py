@@ -19,6 +19,7 @@ from officegrid.server.auth import TokenCache
 from officegrid.server.context import ServerContext
 from officegrid.server.reaper import run_reaper
 from officegrid.server.routers import blobs, jobs, releases, tokens, workers
+from officegrid.server.routers import data as data_router
 from officegrid.server.store import Database, sqlite_url
 from officegrid.server.store import units as units_q
 from officegrid.server.store.common import StoreError
@@ -67,6 +68,7 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
     ctx.token_cache = TokenCache(settings.auth_cache_seconds)
     for r in (tokens.router, workers.router, releases.router, jobs.router, blobs.router):
         app.include_router(r, prefix=protocol.API)
+    app.include_router(data_router.router, prefix=protocol.API)
 
     @app.get(f"{protocol.API}/health")
     async def health() -> dict:

@@ -31,6 +31,7 @@ class ServerContext:
     token_cache: Any = None  # auth.TokenCache, set by the app factory
     shutting_down: Any = None  # () -> bool, set by the server runner: long polls end early
     transfer_peak: int = 0  # most slots seen held at once by this process (for operators/tests)
+    transfer_pacer: Any = None  # server.transfer_pacer.SitePacer when transfer_max_bandwidth
 
     @property
     def policy(self) -> Policy:

@@ -1,5 +1,10 @@
 """The reaper: expires leases on a short interval, detects clock jumps, collects blobs.
 
+It also re-checks running jobs that wait for environments (``units_q.review_env_jobs``): a job
+pauses once no live worker is left that has not reported its release's environment broken
+(workers stop without reporting anything, so the reports alone cannot tell), and a job that
+waits says why in its reason.
+
 Only the server's clock judges leases. When the wall clock jumps (NTP step, VM resume), the
 reaper notices the wall clock moved differently from the monotonic clock and gives live leases
 a grace period, instead of declaring every worker lost at once.
@@ -45,6 +50,10 @@ async def run_reaper(ctx: ServerContext, stop: asyncio.Event) -> None:
                 log.info("expired %d leases", n)
                 ctx.wake_workers()
             await ctx.tx(units_q.finalize_open_jobs, ctx.now())
+            paused = await ctx.tx(units_q.review_env_jobs, ctx.now(), s.lease_seconds)
+            if paused:
+                log.warning("paused jobs %s: their environment is broken on every live worker",
+                            paused)
             if time.monotonic() - last_gc > s.blob_gc_interval:
                 last_gc = time.monotonic()
                 removed = await ctx.run(collect_blobs, ctx)

@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import secrets
 import shutil
 import stat as stat_mod
@@ -47,8 +48,11 @@ from officegrid import cas
 from officegrid.sync.manifest import DirEntry, Entry, FileEntry, join, parse_manifest
 from officegrid.sync.tree import PULL_MARKER, RELEASE_MARKER
 
-#: ``fetch(hashes) -> iterable of (hash, uncompressed bytes)``: one round trip to the server.
-Fetch = Callable[[list[str]], Iterable[tuple[str, bytes]]]
+#: ``fetch(hashes, bases) -> iterable of (hash, uncompressed bytes)``: one round trip to the
+#: server. ``bases`` maps some of the hashes to a blob the cache holds with their previous
+#: version (the fetcher may ask the server for deltas against them; sync.delta); it is called
+#: with only ``hashes`` when there are none.
+Fetch = Callable[..., Iterable[tuple[str, bytes]]]
 
 _SHOWN = 3  # hashes named in an error message
 
@@ -87,6 +91,7 @@ class MaterializeStats:
         bytes_fetched: uncompressed bytes of those manifests and chunks.
         files_written: files written (pull: files created or replaced; unchanged ones are not).
         files_reused: files copied from an earlier release instead of assembled from chunks.
+        removed: pull: paths not in the release that were deleted (a directory counts once).
         seconds: wall-clock duration.
         fetch_calls: calls made to ``fetch`` (round trips), retries included.
         already_present: True if ``dest`` already held the release and nothing was done.
@@ -97,6 +102,7 @@ class MaterializeStats:
     bytes_fetched: int = 0
     files_written: int = 0
     files_reused: int = 0
+    removed: int = 0
     seconds: float = 0.0
     fetch_calls: int = 0
     already_present: bool = False
@@ -160,10 +166,10 @@ def materialize(
     parent = dest.parent
     parent.mkdir(parents=True, exist_ok=True)
     blobs = _Blobs(cache, fetch, batch_size, stats)
-    dirs, files = _fetch_release(release_id, blobs)
-    _check_space(release_id, parent, sum(e.size for _, e in files))
     base = _newest_release_beside(dest)
-    base_index = _read_marker(base, RELEASE_MARKER)[1] if base is not None else {}
+    base_id, base_index = _read_marker(base, RELEASE_MARKER) if base is not None else (None, {})
+    dirs, files = _fetch_release(release_id, blobs, base_id)
+    _check_space(release_id, parent, sum(e.size for _, e in files))
 
     for leftover in parent.iterdir():
         if leftover.name.startswith(f".staging-{release_id}-"):
@@ -181,9 +187,7 @@ def materialize(
                     continue
                 rel = join(path, e.name)
                 target = directory / e.name
-                if base is not None and _unchanged(base, rel, e, base_index):
-                    shutil.copyfile(base / rel, target)
-                    os.chmod(target, e.mode)
+                if base is not None and _copy_unchanged(base, rel, e, base_index, target):
                     stats.files_reused += 1
                 else:
                     _write_file(target, rel, e, blobs)
@@ -261,14 +265,15 @@ def pull_into(
     _check_release_id(release_id)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
+    swap = re.compile(rf"\.{re.escape(target.name)}\.pull-[0-9a-f]+-(new|old)")
     for leftover in parent.iterdir():  # swap directories of pulls by earlier versions
-        if leftover.name.startswith(f".{target.name}.pull-"):
+        if swap.fullmatch(leftover.name) and leftover.is_dir() and not leftover.is_symlink():
             _remove(leftover)
     stats = MaterializeStats()
     blobs = _Blobs(cache, fetch, batch_size, stats)
-    dirs, files = _fetch_release(release_id, blobs)
-    target.mkdir(exist_ok=True)
     state, old_index = _read_marker(target, PULL_MARKER)
+    dirs, files = _fetch_release(release_id, blobs, state or _previous(target))
+    target.mkdir(exist_ok=True)
 
     wanted_dirs = {path for path, _ in dirs}
     wanted_files = {rel: e for rel, e in files}
@@ -280,22 +285,34 @@ def pull_into(
         return stats
 
     _check_space(release_id, target, sum(e.size for _, e in stale))
-    _write_marker(target / PULL_MARKER, None, old_index)
+    _write_marker(target / PULL_MARKER, None, old_index, previous=state or _previous(target))
+    # Directories whose entries change: made durable before the marker says complete.
+    touched: set[Path] = set()
     for rel in sorted(extras, key=lambda r: r.count("/"), reverse=True):
         _remove(target / rel)  # deepest first; a file where a directory must go is gone too
+        touched.add((target / rel).parent)
+        stats.removed += 1
     for path in sorted(wanted_dirs):  # parents sort before their children
         directory = target / path if path else target
         if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
             _remove(directory)
-        directory.mkdir(exist_ok=True)
+        if not directory.is_dir():
+            directory.mkdir()
+            touched.update((directory, directory.parent))
+    # The index vouches only for what this pull knows: the stat data of a file as written
+    # (taken before it is renamed into place), or as the old index vouched for it. Stat data
+    # read at the end could describe a file someone edited meanwhile.
+    index: Index = {rel: old_index[rel] for rel, _ in files if rel in old_index}
     written: list[Path] = []
     for rel, e in stale:
         final = target / rel
         if final.is_dir() and not final.is_symlink():
             _remove(final)
-        tmp = final.with_name(f"{_TMP_PREFIX}{secrets.token_hex(4)}-{e.name}"[:255])
+        # Not named after the file: a name of up to 255 bytes leaves no room for a prefix.
+        tmp = final.with_name(f"{_TMP_PREFIX}{secrets.token_hex(8)}")
         try:
             _write_file(tmp, rel, e, blobs)
+            index[rel] = (e.hash, _stat_key(os.lstat(tmp)))
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -303,11 +320,9 @@ def pull_into(
             raise
         written.append(final)
         stats.files_written += 1
-    index: Index = {}
-    for rel, e in files:
-        index[rel] = (e.hash, _stat_key(os.lstat(target / rel)))
-    if written:
-        _make_durable(target, sorted({p.parent for p in written}))
+    touched.update(p.parent for p in written)
+    if touched:
+        _make_durable(target, sorted(touched))
     _write_marker(target / PULL_MARKER, release_id, index)
     stats.seconds = time.monotonic() - t0
     return stats
@@ -352,10 +367,22 @@ def _marker_holds(directory: Path, marker: str, release_id: str) -> bool:
     return _read_marker(directory, marker)[0] == release_id
 
 
-def _write_marker(path: Path, release_id: str | None, index: Index) -> None:
+def _previous(directory: Path) -> str | None:
+    """The release an interrupted pull was updating from (a base for deltas), or None."""
+    try:
+        with open(directory / PULL_MARKER, encoding="utf-8") as fh:
+            words = fh.readline().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return words[1] if len(words) == 2 and words[0] == _INCOMPLETE else None
+
+
+def _write_marker(path: Path, release_id: str | None, index: Index,
+                  previous: str | None = None) -> None:
     """Write a marker atomically (temporary file, fsync, rename): the release id (None: an
-    update is under way) on the first line, then one JSON line per indexed file."""
-    lines = [release_id or _INCOMPLETE]
+    update from ``previous`` is under way) on the first line, then one JSON line per indexed
+    file."""
+    lines = [release_id or f"{_INCOMPLETE} {previous or ''}".strip()]
     lines += [json.dumps([rel, h, *key], ensure_ascii=False) for rel, (h, key) in index.items()]
     tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -382,6 +409,30 @@ def _unchanged(root: Path, rel: str, e: FileEntry, index: Index) -> bool:
         return False
     key = _stat_key(st)
     return stat_mod.S_ISREG(st.st_mode) and key == known[1] and key[3] == e.mode
+
+
+def _copy_unchanged(base: Path, rel: str, e: FileEntry, index: Index, target: Path) -> bool:
+    """Copy ``base/rel`` to ``target`` (which must not exist) if ``base``'s index vouches that
+    it holds ``e``'s content, and it still does once copied (same stat data after the copy:
+    a unit writing to it meanwhile changes its mtime). True if copied; False (``target``
+    absent) when the file is changed, or gone (the cache bound may remove that release while
+    this one is assembled): the caller then writes it from chunks."""
+    if not _unchanged(base, rel, e, index):
+        return False
+    try:
+        shutil.copyfile(base / rel, target)
+        intact = _unchanged(base, rel, e, index)
+        if intact and _SYNCFS is None:  # as in _write_file: without syncfs, fsync each file
+            with open(target, "rb+") as fh:
+                os.fsync(fh.fileno())
+    except OSError:
+        intact = False
+    if not intact:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        return False
+    os.chmod(target, e.mode)
+    return True
 
 
 def _newest_release_beside(dest: Path) -> Path | None:
@@ -485,23 +536,25 @@ class _Blobs:
         self.stats = stats
 
     def ensure(self, wanted: dict[str, str], kind: str,
-               sizes: dict[str, int] | None = None) -> None:
+               sizes: dict[str, int] | None = None,
+               bases: dict[str, str] | None = None) -> None:
         """Fetch the blobs of ``wanted`` (hash -> path needing it) that the cache lacks, in
         batches of at most ``batch_size`` blobs and (with ``sizes``) about
         :data:`BATCH_BYTES` uncompressed bytes, so an answer stays below the server's cap even
-        for content that does not compress."""
+        for content that does not compress. ``bases`` (hash -> hash of a cached blob holding
+        its previous version) lets the server send deltas."""
         missing = self.cache.missing(wanted)
         batch: list[str] = []
         batch_bytes = 0
         for digest in missing:
             size = (sizes or {}).get(digest, 0)
             if batch and (len(batch) >= self.batch_size or batch_bytes + size > BATCH_BYTES):
-                self._fetch_batch(batch, wanted, kind)
+                self._fetch_batch(batch, wanted, kind, bases)
                 batch, batch_bytes = [], 0
             batch.append(digest)
             batch_bytes += size
         if batch:
-            self._fetch_batch(batch, wanted, kind)
+            self._fetch_batch(batch, wanted, kind, bases)
 
     def read(self, digest: str, path: str, kind: str) -> bytes:
         """Return a blob's verified content; refetch it once if the cached copy is bad."""
@@ -512,13 +565,17 @@ class _Blobs:
         self._fetch_batch([digest], {digest: path}, kind)
         return self.cache.read(digest)
 
-    def _fetch_batch(self, batch: list[str], where: dict[str, str], kind: str) -> None:
+    def _fetch_batch(self, batch: list[str], where: dict[str, str], kind: str,
+                     bases: dict[str, str] | None = None) -> None:
         pending = list(batch)
         wrong: dict[str, str] = {}
-        for _attempt in range(2):
+        for attempt in range(2):
             self.stats.fetch_calls += 1
             wanted = set(pending)
-            for digest, data in self.fetch(list(pending)):
+            # Deltas only on the first try: a bad base must not make a blob unobtainable.
+            use = {d: bases[d] for d in pending if d in bases} if bases and not attempt else {}
+            answer = self.fetch(list(pending), use) if use else self.fetch(list(pending))
+            for digest, data in answer:
                 if digest not in wanted:
                     continue  # not asked for (or already received): ignore
                 if not isinstance(data, bytes | bytearray | memoryview):
@@ -552,11 +609,14 @@ class _Blobs:
         )
 
 
-def _fetch_release(release_id: str, blobs: _Blobs
+def _fetch_release(release_id: str, blobs: _Blobs, old_root: str | None
                    ) -> tuple[list[tuple[str, list[Entry]]], list[tuple[str, FileEntry]]]:
-    """Fetch what the cache lacks of a release; return its directories (parents first) and
-    its files (relative path, entry)."""
-    dirs = _fetch_manifests(release_id, blobs)
+    """Fetch what the cache lacks of a release (as deltas against ``old_root``, a release
+    whose manifests the cache holds, where it has a previous version); return its directories
+    (parents first) and its files (relative path, entry)."""
+    if old_root is not None and not cas.HASH_RE.match(old_root):
+        old_root = None  # a damaged marker names no release
+    dirs, old_files = _fetch_manifests(release_id, blobs, old_root)
     for e in dirs[0][1]:
         if e.name in (RELEASE_MARKER, PULL_MARKER):
             raise MaterializeError(
@@ -571,12 +631,17 @@ def _fetch_release(release_id: str, blobs: _Blobs
     ]
     chunks: dict[str, str] = {}
     sizes: dict[str, int] = {}
+    bases: dict[str, str] = {}
     for path, e in files:
         for digest, size in e.chunks:
             if size > 0:
                 chunks.setdefault(digest, path)
                 sizes[digest] = size
-    blobs.ensure(chunks, "chunk", sizes)
+        old = old_files.get(path)
+        if old is not None and old.hash != e.hash:
+            bases.update(_chunk_bases(e, old))
+    bases = {d: b for d, b in bases.items() if blobs.cache.has(b)}
+    blobs.ensure(chunks, "chunk", sizes, bases)
     return dirs, files
 
 
@@ -588,17 +653,27 @@ def _check_space(release_id: str, where: Path, needed: int) -> None:
         )
 
 
-def _fetch_manifests(release_id: str, blobs: _Blobs) -> list[tuple[str, list[Entry]]]:
-    """Return ``(dir_path, entries)`` for every directory, parents first (level order)."""
+def _fetch_manifests(release_id: str, blobs: _Blobs, old_root: str | None
+                     ) -> tuple[list[tuple[str, list[Entry]]], dict[str, FileEntry]]:
+    """Return ``(dir_path, entries)`` for every directory, parents first (level order), and
+    the files of ``old_root`` (a release the cache holds, or None) in the directories that
+    changed, by path: their chunks are the bases of deltas. A changed directory's manifest is
+    fetched as a delta against its previous version."""
     dirs: list[tuple[str, list[Entry]]] = []
     parsed: dict[str, list[Entry]] = {}
+    old_dirs: dict[str, str] = {"": old_root} if old_root else {}
+    old_files: dict[str, FileEntry] = {}
     total = 0
     level = [("", release_id)]
     while level:
         wanted: dict[str, str] = {}
+        bases: dict[str, str] = {}
         for path, digest in level:
             wanted.setdefault(digest, path)
-        blobs.ensure(wanted, "manifest")
+            old = old_dirs.get(path)
+            if old is not None and old != digest and blobs.cache.has(old):
+                bases[digest] = old
+        blobs.ensure(wanted, "manifest", bases=bases)
         next_level: list[tuple[str, str]] = []
         for path, digest in level:
             entries = parsed.get(digest)
@@ -614,8 +689,79 @@ def _fetch_manifests(release_id: str, blobs: _Blobs) -> list[tuple[str, list[Ent
             next_level.extend(
                 (join(path, e.name), e.hash) for e in entries if isinstance(e, DirEntry)
             )
+            old = old_dirs.get(path)
+            if old is not None and old != digest:
+                for e in _cached_manifest(blobs.cache, old):
+                    if isinstance(e, DirEntry):
+                        old_dirs[join(path, e.name)] = e.hash
+                    else:
+                        old_files[join(path, e.name)] = e
         level = next_level
-    return dirs
+    return dirs, old_files
+
+
+def _cached_manifest(cache: cas.ContentStore, digest: str) -> list[Entry]:
+    """A manifest from the cache, or [] if it is not there (or not readable)."""
+    try:
+        return parse_manifest(cache.read(digest), where="(previous release)")
+    except (cas.BlobError, ValueError):
+        return []
+
+
+def _chunk_bases(new: FileEntry, old: FileEntry) -> dict[str, str]:
+    """For each chunk of ``new`` that ``old`` lacks, the chunk of ``old`` it most likely
+    replaces: content-defined boundaries resynchronize after an edit, so a changed chunk right
+    after an unchanged one replaces the old chunk that followed that one, and a changed chunk
+    right before an unchanged one the old chunk that preceded it (this holds when an insert or
+    a delete shifted every later offset). Other chunks fall back to the old chunk overlapping
+    the same byte range most (:func:`_overlap_bases`)."""
+    bases = _overlap_bases(new, old)
+    old_chunks = [d for d, size in old.chunks if size > 0]
+    where = {d: i for i, d in reversed(list(enumerate(old_chunks)))}  # first occurrence
+    new_chunks = [d for d, size in new.chunks if size > 0]
+    for k, digest in enumerate(new_chunks):
+        if digest in where:
+            continue  # unchanged: nothing to fetch
+        before = where.get(new_chunks[k - 1]) if k > 0 else None
+        after = where.get(new_chunks[k + 1]) if k + 1 < len(new_chunks) else None
+        if before is not None and before + 1 < len(old_chunks):
+            bases[digest] = old_chunks[before + 1]
+        elif after is not None and after > 0:
+            bases[digest] = old_chunks[after - 1]
+    return bases
+
+
+def _overlap_bases(new: FileEntry, old: FileEntry) -> dict[str, str]:
+    """For each chunk of ``new``, the chunk of ``old`` that overlaps its byte range most."""
+    old_ranges: list[tuple[int, int, str]] = []
+    pos = 0
+    for digest, size in old.chunks:
+        if size > 0:
+            old_ranges.append((pos, pos + size, digest))
+        pos += size
+    if not old_ranges:
+        return {}
+    bases: dict[str, str] = {}
+    pos = 0
+    first = 0  # both lists are in offset order: sweep, so a file of n chunks costs O(n)
+    for digest, size in new.chunks:
+        start, end = pos, pos + size
+        pos = end
+        if size == 0:
+            continue
+        while first < len(old_ranges) and old_ranges[first][1] <= start:
+            first += 1
+        best, best_overlap = old_ranges[-1][2], 0
+        for k in range(first, len(old_ranges)):
+            o_start, o_end, o_digest = old_ranges[k]
+            if o_start >= end:
+                break
+            overlap = min(end, o_end) - max(start, o_start)
+            if overlap > best_overlap:
+                best, best_overlap = o_digest, overlap
+        if best != digest:
+            bases.setdefault(digest, best)
+    return bases
 
 
 def _write_file(target: Path, path: str, e: FileEntry, blobs: _Blobs) -> None:

@@ -19,6 +19,8 @@ SPEC.json (an object; relative paths are relative to the attempt directory)::
     attempt_id, release_id, worker: str;  unit_id, job_id: int     (passed to ``ctx``)
     progress_interval  float  seconds between progress messages (default 0.5; 0 = every record)
     extra              dict   passed to ``ctx.extra`` (default {})
+    data               dict   data source name -> replica file (``ctx.data(name)``; default {});
+                              each result row then carries ``_data``: {name: position}
 
 Output lines, JSON with ``ensure_ascii=False`` and compact separators::
 
@@ -344,12 +346,73 @@ class Context:
         self.release_dir = Path(spec["release_dir"])
         self.log = log
         self.extra = dict(spec.get("extra") or {})
+        self._data_paths = dict(spec.get("data") or {})
+        self._data: dict = {}  # data source name -> (read-only connection, position)
+
+    def data(self, name: str):
+        """A read-only ``sqlite3`` connection to the replica of data source ``name``.
+
+        It holds one read transaction for the whole unit: every query sees the replica at the
+        same position while changes keep arriving (each result row records it in ``_data``).
+
+        Raises:
+            KeyError: the job did not declare ``name`` (``submit --data NAME``).
+        """
+        if name not in self._data:
+            if name not in self._data_paths:
+                raise KeyError(f"data source {name!r} is not declared by this job (declared: "
+                               f"{', '.join(sorted(self._data_paths)) or 'none'}); submit with "
+                               f"--data {name}")
+            self._data[name] = _open_replica(self._data_paths[name])
+        return self._data[name][0]
+
+    def data_positions(self) -> dict:
+        """``{name: position}`` of the replicas this unit reads."""
+        return {name: pos for name, (_, pos) in self._data.items()}
 
     def __repr__(self) -> str:
         return (
             f"Context(job_id={self.job_id!r}, unit_id={self.unit_id!r}, "
             f"attempt_id={self.attempt_id!r}, release_id={self.release_id!r})"
         )
+
+
+def _open_replica(path: str):
+    """Open a replica read-only (``mode=ro``) in one read transaction; return (conn, position).
+    Same as ``officegrid.sync.replication.reader.open_snapshot`` (this module is stdlib only)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    conn = sqlite3.connect("file:" + quote(os.path.abspath(path)) + "?mode=ro", uri=True,
+                           isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only=ON")
+    conn.execute("BEGIN")
+    # The first read fixes the snapshot; the position read in it is the one the data is at.
+    pos = conn.execute("SELECT v FROM _og_replica WHERE k='pos'").fetchone()
+    return conn, int(pos[0])
+
+
+def _with_data(fn, positions: dict, batch: bool):
+    """Wrap ``fn`` so each result row carries ``_data`` (the data positions it read)."""
+
+    def tag(result):
+        if isinstance(result, dict):
+            return {**result, "_data": positions}
+        if isinstance(result, list):
+            return [{**r, "_data": positions} if isinstance(r, dict) else r for r in result]
+        return result
+
+    if batch:
+        def wrapped(records, ctx):
+            out = fn(records, ctx)
+            return [tag(r) for r in out] if isinstance(out, list) else out
+    else:
+        def wrapped(record, ctx):
+            return tag(fn(record, ctx))
+    for attr in ("batch_size",):
+        if hasattr(fn, attr):
+            setattr(wrapped, attr, getattr(fn, attr))
+    return wrapped
 
 
 def _make_logger(path: str) -> logging.Logger:
@@ -572,6 +635,12 @@ def run(spec_path: str) -> int:
 
     # backslashreplace: a lone surrogate (legal in JSON input as "\\ud800") can only occur inside a
     # JSON string, where the escape it is replaced by is exactly its JSON spelling.
+    # The unit's data: one read transaction per declared source, opened before the first record.
+    for name in ctx._data_paths:
+        ctx.data(name)
+    if ctx.data_positions():
+        fn = _with_data(fn, ctx.data_positions(), batch_size is not None)
+
     with open(
         spec["output"], "w", encoding="utf-8", errors="backslashreplace", buffering=1 << 16
     ) as out:

@@ -34,9 +34,10 @@ from officegrid.backoff import Backoff
 from officegrid.cas import ContentStore, compress, hash_bytes
 from officegrid.client import ApiError, Client
 from officegrid.config import WorkerSettings
+from officegrid.envs.prepare import EnvNotReady, Preparer
 from officegrid.logblob import encode_logs
 from officegrid.worker import processes
-from officegrid.worker.cache import prune_worker_cache
+from officegrid.worker.cache import enforce_disk_budget, prune_worker_cache
 from officegrid.worker.fetch import blob_fetcher
 from officegrid.worker.identity import (
     AgentError,
@@ -50,6 +51,7 @@ from officegrid.worker.identity import (
     save_nonce,
     workdir_id,
 )
+from officegrid.worker.owner import OwnerMonitor, load_policy
 
 log = logging.getLogger("officegrid.worker")
 
@@ -66,6 +68,8 @@ class RunningUnit:
         self.abort_reason = ""
         self.progress = 0
         self.proc: Any = None
+        self.env: str | None = None  # environment hash the unit runs in (officegrid.envs)
+        self.fail_error: str | None = None  # set by the owner monitor (memory cap): fail it
 
 
 class Agent:
@@ -89,10 +93,24 @@ class Agent:
         self.state_reason: str | None = None
         self.heartbeat_interval = 10.0
         self.client: Client | None = None
+        self.owner: OwnerMonitor | None = None  # owner policy enforcement (worker/owner.py)
+        self.heartbeat_now = threading.Event()  # set: heartbeat at once (owner state changed)
         self.broken_releases: dict[str, str] = {}  # release id -> why this worker refuses it
+        self.envs: Preparer | None = None  # builds release environments before leasing
+        self.replicas: Any = None  # data source replicas (sync/replication/fleet.py), on first use
         from officegrid.signing import load_public
 
         self.trusted = [load_public(k) for k in settings.trusted_keys]
+        from officegrid.sync.bandwidth import TokenBucket, parse_rate
+        from officegrid.worker.windows import Schedule
+
+        # One bucket for the agent: every bulk download of every slot shares --max-bandwidth.
+        self.bandwidth = (TokenBucket(parse_rate(settings.max_bandwidth))
+                          if settings.max_bandwidth else None)
+        self.transfer_window = (Schedule.parse(settings.transfer_window)
+                                if settings.transfer_window else None)
+        self._window_was_closed = False  # log once per closed period, not per lease request
+        self._window_lock = threading.Lock()
 
     # ------------------------------------------------------------------ start-up
 
@@ -138,7 +156,32 @@ class Agent:
         return p.WorkerResources(
             slots=self.settings.slots, free_disk=shutil.disk_usage(self.work_dir).free,
             free_memory=psutil.virtual_memory().available, releases=cached,
-            broken_releases=sorted(self.broken_releases))
+            broken_releases=sorted(set(self.broken_releases)
+                                   | set(self.envs.broken() if self.envs else ())),
+            prepared=self.envs.prepared_list() if self.envs else [],
+            fetch_allowed=self._fetch_allowed())
+
+    def _fetch_allowed(self) -> bool:
+        """True inside the transfer window (or without one): release fetches may start.
+        Logs once each time the window is found closed."""
+        window = self.transfer_window
+        if window is None:
+            return True
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC)
+        if window.contains(now):
+            self._window_was_closed = False
+            return True
+        with self._window_lock:  # slots ask concurrently: one line per closed period
+            first = not self._window_was_closed
+            self._window_was_closed = True
+        if first:
+            nxt = window.next_open(now)
+            when = nxt.astimezone().strftime("%a %H:%M") if nxt else "never"
+            log.warning("transfer window %r is closed: release transfers deferred until %s; "
+                        "only units of releases cached here are taken", window.spec, when)
+        return False
 
     def run(self) -> int:
         """Run until stopped; return the process exit code (0 clean, 3 identity refused)."""
@@ -168,17 +211,21 @@ class Agent:
         self.ident = ident
         self.client = Client(ident.server, ident.token, ca=s.ca, instance=self.instance,
                              max_retry_time=None, backoff=self.backoff)
+        self.client.bandwidth = self.bandwidth
         self.cache = ContentStore(self.work_dir / "cache", durable=False)
         self.cache.sweep_temp()
+        self.envs = self._make_preparer()
         try:
             sess = self.client.open_session(self._session_request())
         except ApiError as exc:
             raise AgentError(exc.message) from exc
         save_nonce(self.work_dir, sess.nonce)
         self.heartbeat_interval = sess.heartbeat_interval
+        self.envs.start()
         print(f"officegrid worker {ident.name!r} serving {ident.server} with {s.slots} slot(s) "
               f"(work dir {self.work_dir})", file=sys.stderr, flush=True)
         self._install_signals()
+        self._start_owner()
         hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         hb.start()
         slots = [threading.Thread(target=self._slot_loop, args=(i,), name=f"slot-{i}",
@@ -197,12 +244,44 @@ class Agent:
                 if not busy and time.monotonic() - stop_seen > 1.0:
                     break
         self.stopping.set()
+        self.heartbeat_now.set()
+        if self.owner is not None:
+            self.owner.close()
         hb.join(timeout=5)
+        self.envs.stop()
         self.client.close()
         if self.fatal:
             print(f"officegrid worker: {self.fatal}", file=sys.stderr, flush=True)
             return 3
         return 0
+
+    def _start_owner(self) -> None:
+        """Start the owner monitor (policy, pause, resource guards); print the policy line."""
+        s = self.settings
+        policy = load_policy(s)
+        line = policy.describe()
+        print(line if line.startswith("owner policy") else f"policy: {line}", file=sys.stderr,
+              flush=True)
+
+        def units() -> list[RunningUnit]:
+            with self.lock:
+                return list(self.running.values())
+
+        self.owner = OwnerMonitor(
+            policy, self.work_dir, units, on_change=self.heartbeat_now.set,
+            max_memory=s.max_memory,
+            min_free_disk=s.min_free_disk)
+        self.owner.start()
+
+    def _may_start(self) -> bool:
+        """Wait (on an event) until the owner policy lets this worker start a unit; False if
+        the agent is stopping."""
+        owner = self.owner
+        while owner is not None and not owner.may_start.is_set():
+            if self.stopping.is_set():
+                return False
+            owner.may_start.wait(0.5)  # the timeout only notices `stopping`
+        return not self.stopping.is_set()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -235,14 +314,21 @@ class Agent:
                            instance=self.instance,
                            max_retry_time=max(1.0, self.heartbeat_interval))
         try:
-            while not self.stopping.wait(self.heartbeat_interval):
+            while not self.stopping.is_set():
+                self.heartbeat_now.wait(self.heartbeat_interval)
+                self.heartbeat_now.clear()
+                if self.stopping.is_set():
+                    break
                 with self.lock:
                     attempts = list(self.running)
                     progress = {a: ru.progress for a, ru in self.running.items()}
                 state = "running" if attempts else ("draining" if self.draining else "idle")
+                reason = self.state_reason
+                if self.owner is not None:
+                    state, reason = self.owner.heartbeat_state(state, reason)
                 try:
                     res = hb_client.heartbeat(p.Heartbeat(
-                        attempts=attempts, state=state, reason=self.state_reason,
+                        attempts=attempts, state=state, reason=reason,
                         progress=progress))
                 except ApiError as exc:
                     if exc.code == p.E_REENROLL or exc.status == 401:
@@ -272,6 +358,8 @@ class Agent:
             lease = next_lease
             next_lease = None
             if lease is None:
+                if not self._may_start():
+                    return
                 try:
                     res = self.client.lease(p.LeaseRequest(resources=self._resources(),
                                                            max_units=1, wait=s.lease_wait))
@@ -282,6 +370,8 @@ class Agent:
                     log.warning("lease request failed: %s", exc)
                     self.stopping.wait(self.backoff.next_delay())
                     continue
+                if res.prepare and self.envs is not None:
+                    self.envs.request(res.prepare)  # built in the background, then leased
                 if not res.leases:
                     self.state_reason = res.reason
                     self.draining = bool(res.reason and res.reason.startswith("draining"))
@@ -293,6 +383,10 @@ class Agent:
             if self.stopping.is_set():
                 self._vacate_unstarted(lease)
                 return
+            if self.owner is not None and not self.owner.may_start.is_set():
+                # The owner came back during the long poll: give the unit back unstarted.
+                self._vacate_unstarted(lease, f"vacated: {self.owner.reason or 'owner policy'}")
+                continue
             try:
                 next_lease = self._run_lease(lease)
             except ApiError as exc:
@@ -304,10 +398,10 @@ class Agent:
                 log.exception("slot %d: unexpected error on unit %s", slot, lease.unit)
                 self.stopping.wait(self.backoff.next_delay())
 
-    def _vacate_unstarted(self, lease: p.Lease) -> None:
+    def _vacate_unstarted(self, lease: p.Lease, reason: str = "agent stopping") -> None:
         assert self.client is not None
         try:
-            self.client.vacate(lease.attempt, p.Vacate(reason="agent stopping"))
+            self.client.vacate(lease.attempt, p.Vacate(reason=reason))
         except ApiError as exc:
             log.warning("vacate of unit %s not acknowledged: %s", lease.unit, exc)
 
@@ -323,6 +417,13 @@ class Agent:
             refused = self._check_signature(lease.release)
             if refused:
                 return self._report_failure(ru, p.FailureKind.refused, refused, attempt_dir)
+            if not (self.work_dir / "releases" / lease.release).is_dir() \
+                    and not self._fetch_allowed():
+                # Outside the transfer window no release transfer starts (a server without
+                # the fetch_allowed filter may still lease it): give the unit back unstarted.
+                self._vacate_unstarted(lease, "transfer window closed: release not cached here")
+                self.stopping.wait(self.backoff.jitter(2.0))
+                return None
             try:
                 release_dir = self._ensure_release(lease.release)
                 (attempt_dir / "input.jsonl").write_bytes(self.client.get_blob(lease.input))
@@ -368,6 +469,19 @@ class Agent:
             log.warning("%s", exc)
             return str(exc)
 
+    def _make_preparer(self) -> Preparer:
+        """The background preparer of releases (environments under <work_dir>/envs)."""
+        from officegrid.envs.build import EnvBuilder
+
+        def report(release_id: str, env: str | None, error: str) -> None:
+            assert self.client is not None
+            self.client.env_broken(release_id, p.EnvBroken(env=env, error=error[-20000:]))
+
+        s = self.settings
+        return Preparer(EnvBuilder(self.work_dir / "envs", s.python), self.work_dir / "releases",
+                        self._ensure_release, report,
+                        s.env_retry_after)
+
     def _ensure_release(self, release_id: str) -> Path:
         from officegrid.sync.materialize import materialize
 
@@ -377,7 +491,7 @@ class Agent:
         with rlock:
             assert self.client is not None
             stats = materialize(release_id, dest, cache=self.cache,
-                                fetch=blob_fetcher(self.client))
+                                fetch=blob_fetcher(self.client, self.cache))
             os.utime(dest)  # most recently used: kept by the cache bound
             if not stats.already_present:
                 log.info("release %s: fetched %d manifests, %d chunks, %d bytes",
@@ -385,8 +499,12 @@ class Agent:
                          stats.bytes_fetched)
                 with self.lock:
                     in_use = {ru.lease.release for ru in self.running.values()} | {release_id}
+                envs = self.envs.builder if self.envs else None
                 prune_worker_cache(dest.parent, self.cache, in_use, self.settings.keep_releases,
-                                   self.settings.cache_max_bytes)
+                                   self.settings.cache_max_bytes, envs=envs)
+                if self.settings.disk_budget is not None:
+                    enforce_disk_budget(self.work_dir, self.settings.disk_budget, self.cache,
+                                        in_use, envs)
         return dest
 
     def _execute(self, ru: RunningUnit, release_dir: Path, attempt_dir: Path) -> p.Lease | None:
@@ -397,14 +515,21 @@ class Agent:
             "output": "output.jsonl", "log": "attempt.log", "attempt_id": lease.attempt,
             "unit_id": lease.unit, "job_id": lease.job, "release_id": lease.release,
             "worker": self.ident.name, "progress_interval": s.progress_interval, "extra": {},
+            "data": self._replica_paths(lease),
         }
         spec_path = attempt_dir / "spec.json"
         spec_path.write_text(json.dumps(spec))
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep the materialized release as published
         marker = f"{self.marker_prefix}{lease.attempt}"
-        proc = processes.spawn_runner(s.python or sys.executable, spec_path, attempt_dir,
-                                      attempt_dir / "stderr.log", env, marker)
+        try:  # a release with a lock runs in its environment's interpreter
+            python, ru.env = self.envs.python_for(lease.release, release_dir) if self.envs \
+                else (None, None)
+        except EnvNotReady as exc:  # never build while holding a lease: give it back
+            self._vacate_unstarted(lease, str(exc))
+            return None
+        proc = processes.spawn_runner(python or s.python or sys.executable, spec_path,
+                                      attempt_dir, attempt_dir / "stderr.log", env, marker)
         ru.proc = proc
         final: dict | None = None
         import_error: str | None = None
@@ -413,6 +538,9 @@ class Agent:
                 if ru.abort.is_set():
                     # Ask the runner to stop after its current record, then kill the tree.
                     proc.stop(timeout=s.vacate_grace, kill_grace=1.0)
+                    # Read its "stopped" report: the finished prefix is handed in on vacate.
+                    while (msg := proc.read_message(timeout=0.1)) is not None:
+                        final, import_error = self._on_message(ru, msg, final, import_error)
                     break
                 msg = proc.read_message(timeout=0.2)
                 if msg is None:
@@ -426,10 +554,20 @@ class Agent:
             code = proc.wait(timeout=30)
         finally:
             proc.close()  # kills what is left of the tree (one scan), closes the pipes
+            if lease.data and self.replicas is not None:
+                with self.lock:  # truncate the WAL only when no other unit may be reading
+                    others = any(r.lease.data for a, r in self.running.items()
+                                 if a != lease.attempt)
+                self.replicas.checkpoint(truncate=not others)
         logs = {"stdout": attempt_dir / "stdout.log", "stderr": attempt_dir / "stderr.log",
                 "log": attempt_dir / "attempt.log"}
+        if ru.fail_error is not None:  # the owner monitor killed it (memory cap)
+            return self._report_failure(ru, p.FailureKind.crash, ru.fail_error, attempt_dir)
         if ru.abort.is_set():
-            return self._give_back(ru, attempt_dir, logs)
+            if (final is not None and final.get("type") == "done" and code == 0
+                    and ru.abort_reason != "the server withdrew the unit" and not self.fatal):
+                return self._complete(ru, attempt_dir, logs)  # it finished before stopping
+            return self._give_back(ru, attempt_dir, logs, final)
         if import_error is not None:  # the runner says so; an exit code alone could be the job's
             return self._report_failure(ru, p.FailureKind.import_error, import_error,
                                         attempt_dir)
@@ -437,6 +575,25 @@ class Agent:
             return self._report_failure(ru, p.FailureKind.crash, _crash_text(code, attempt_dir),
                                         attempt_dir)
         return self._complete(ru, attempt_dir, logs)
+
+    def _replica_paths(self, lease: p.Lease) -> dict[str, str]:
+        """The unit's data sources as local replicas, caught up to the positions the job
+        requires (the master's head at submit); they keep trickling in the background."""
+        if not lease.data:
+            return {}
+        from officegrid.sync.replication.fleet import ReplicaSet
+        from officegrid.sync.replication.remote import HttpRemote
+
+        with self.lock:
+            if self.replicas is None:
+                client = self.client
+                self.replicas = ReplicaSet(
+                    self.work_dir / "data", lambda name: HttpRemote(client, name),
+                    replica_name=self.ident.name,
+                    throttle=self.bandwidth.consume if self.bandwidth else None)
+        for name, (_epoch, pos) in lease.data.items():
+            self.replicas.catch_up(name, int(pos))
+        return {name: str(self.replicas.path(name)) for name in lease.data}
 
     @staticmethod
     def _on_message(ru: RunningUnit, msg: dict, final: dict | None,
@@ -472,8 +629,9 @@ class Agent:
             result=result, result_inline=result_inline, log_inline=log_inline,
             records_done=records - errors,
             record_errors=errors, columns=columns, log=log_blob,
-            want_next=not (self.stopping.is_set() or self.draining),
-            resources=self._resources()))
+            want_next=not (self.stopping.is_set() or self.draining) and (
+                self.owner is None or self.owner.may_start.is_set()),
+            resources=self._resources(), env=ru.env))
         if res.outcome != "accepted":
             log.info("unit %s: another attempt completed first; result discarded", ru.lease.unit)
         return res.next
@@ -499,14 +657,32 @@ class Agent:
         log.info("unit %s failed (%s)", ru.lease.unit, kind.value)
         return None
 
-    def _give_back(self, ru: RunningUnit, attempt_dir: Path, logs: dict[str, Path]) -> None:
+    def _give_back(self, ru: RunningUnit, attempt_dir: Path, logs: dict[str, Path],
+                   final: dict | None = None) -> None:
+        """Vacate: give the unit back; a runner that stopped cleanly ("stopped", exactly
+        ``done`` output lines) hands in its finished prefix, committed by the server as done
+        while the rest becomes a new unit (no lost work, issue 5 item 5)."""
         assert self.client is not None
         if ru.abort_reason == "the server withdrew the unit" or self.fatal:
             return None  # nothing to report: the server already moved on
         try:
             log_blob = self.client.put_blob(encode_logs(logs))
-            self.client.vacate(ru.lease.attempt, p.Vacate(reason=ru.abort_reason or "vacate",
-                                                          log=log_blob))
+            body = p.Vacate(reason=ru.abort_reason or "vacate", log=log_blob)
+            done = int(final.get("done", 0)) if final and final.get("type") == "stopped" else 0
+            if 0 < done < ru.lease.count:
+                data = (attempt_dir / "output.jsonl").read_bytes()
+                try:
+                    records, errors, columns = _summarize(data)
+                except ValueError as exc:
+                    log.warning("unit %s: partial result unusable: %s", ru.lease.unit, exc)
+                    records = -1
+                if records == done:
+                    body.done = done
+                    body.result, body.result_inline = self._blob_or_inline(data)
+                    body.records_done, body.record_errors = records - errors, errors
+                    body.columns = columns
+                    body.env = ru.env
+            self.client.vacate(ru.lease.attempt, body)
         except ApiError as exc:
             log.warning("vacate of unit %s not acknowledged: %s", ru.lease.unit, exc)
         return None

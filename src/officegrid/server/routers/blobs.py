@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Self
 
+import anyio
 import blake3
 import zstandard
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import FileResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from officegrid import protocol as p
 from officegrid.cas import BlobError, BlobMissing, check_hash
 from officegrid.server.auth import admin_or_worker, ctx_of
 from officegrid.server.store import pacing as pacing_q
+from officegrid.server.transfer_pacer import PIECE, SitePacer, pieces_of
+from officegrid.sync.delta import delta_frame
+
+log = logging.getLogger("officegrid.server.blobs")
 
 router = APIRouter(dependencies=[Depends(admin_or_worker)])
 
@@ -132,13 +141,152 @@ async def take_slot(request: Request) -> int:
     return slot
 
 
-def _release_task(request: Request, slot: int) -> BackgroundTask:
+def _freer(request: Request, slot: int) -> Callable[[], Awaitable[None]]:
+    """``async free()`` that gives the slot back once, however often it is called (a slot id
+    can be reused by the next transfer once freed).
+
+    The release is shielded from cancellation: a response is cancelled when its client goes
+    away, and the slot must be freed then above all. It counts as done only once the store
+    write succeeded; a failure is logged (the slot then expires after ``transfer_slot_ttl``
+    seconds, as its renewal stops) and a later call tries again. Never raises."""
     ctx = ctx_of(request)
+    done = False
 
     async def free() -> None:
-        await ctx.tx(pacing_q.release, slot)
+        nonlocal done
+        if done:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await ctx.tx(pacing_q.release, slot)
+            except Exception as exc:  # noqa: BLE001 - the answer is over: log, let it expire
+                log.warning("cannot free transfer slot %d (%r): it expires in %gs", slot, exc,
+                            ctx.settings.transfer_slot_ttl)
+                return
+        done = True
 
-    return BackgroundTask(free)
+    return free
+
+
+async def _keep_slot(request: Request, slot: int) -> None:
+    """Renew the slot's expiry every ``transfer_slot_ttl`` / 3 seconds, until cancelled.
+
+    A transfer slower than the TTL (paced, or to a slow client) keeps its slot, so the slot cap
+    and the pacer's count of transfers stay right; a crashed process stops renewing and its
+    slots expire as before. Store errors are logged and retried at the next tick."""
+    ctx = ctx_of(request)
+    ttl = ctx.settings.transfer_slot_ttl
+    lost = False
+    while True:
+        await anyio.sleep(ttl / 3)
+        try:
+            if not await ctx.tx(pacing_q.renew, slot, ctx.now() + ttl) and not lost:
+                lost = True
+                log.warning("transfer slot %d expired before it was renewed: its transfer "
+                            "runs uncounted (store too slow?)", slot)
+        except Exception as exc:  # noqa: BLE001 - retry at the next tick, before it expires
+            log.warning("cannot renew transfer slot %d (%r); retrying in %gs", slot, exc,
+                        ttl / 3)
+
+
+class _HoldsSlot:
+    """Mixin for a Starlette response class: the answer holds a transfer slot, renewed while it
+    is sent (:func:`_keep_slot`) and freed when it ends, however it ends (sent, client gone,
+    error, server shutdown). Set the slot with :meth:`holding` before returning the answer."""
+
+    _slot_request: Request | None = None
+    _slot: int = 0
+
+    def holding(self, request: Request, slot: int) -> Self:
+        """Make this answer hold ``slot`` (from :func:`take_slot`) for ``request``; returns
+        self."""
+        self._slot_request, self._slot = request, slot
+        return self
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request, slot = self._slot_request, self._slot
+        assert request is not None, "call holding() first"
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_keep_slot, request, slot)
+                try:
+                    await super().__call__(scope, receive, send)  # type: ignore[misc]
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                # Starlette cancels the sending task when the client goes: a streamed body may
+                # be left suspended at a yield, holding its file open until garbage collection.
+                body = getattr(self, "body_iterator", None)
+                if isinstance(body, AsyncGenerator):
+                    try:
+                        await body.aclose()
+                    except Exception as exc:  # noqa: BLE001 - the slot must be freed anyway
+                        log.debug("closing a transfer's body: %r", exc)
+                await _freer(request, slot)()
+
+
+class SlotFileResponse(_HoldsSlot, FileResponse):
+    """A FileResponse (Range, ETag) that holds a transfer slot: ``SlotFileResponse(path,
+    media_type=...).holding(request, slot)``."""
+
+
+class _SlotStreamingResponse(_HoldsSlot, StreamingResponse):
+    """A streamed answer that holds a transfer slot, paced at this transfer's share of
+    ``transfer_max_bandwidth`` when that is set.
+
+    Args:
+        request: the request answered.
+        pieces: the body (an async generator of bytes), closed when the answer ends.
+        media_type: the Content-Type.
+        length: the body's length in bytes (the Content-Length).
+    """
+
+    def __init__(self, request: Request, pieces: AsyncGenerator[bytes, None], media_type: str,
+                 length: int) -> None:
+        pacer = _pacer(request)
+
+        async def body() -> AsyncGenerator[bytes, None]:
+            try:
+                async for piece in (pacer.pace(pieces) if pacer is not None else pieces):
+                    yield piece
+            finally:
+                await pieces.aclose()
+
+        super().__init__(body(), media_type=media_type, headers={"Content-Length": str(length)})
+
+
+def _pacer(request: Request) -> SitePacer | None:
+    """This process's pacer when ``transfer_max_bandwidth`` is set, else None."""
+    from officegrid.sync.bandwidth import parse_rate
+
+    ctx = ctx_of(request)
+    cap = ctx.settings.transfer_max_bandwidth
+    if cap is None:
+        return None
+    if ctx.transfer_pacer is None:
+        async def count_held() -> int:
+            return await ctx.read(pacing_q.held, ctx.now())
+
+        ctx.transfer_pacer = SitePacer(parse_rate(cap), count_held)
+    return ctx.transfer_pacer
+
+
+async def _file_pieces(request: Request, path: Path) -> AsyncGenerator[bytes, None]:
+    """The file's bytes in pieces, read in the thread pool (never on the event loop)."""
+    ctx = ctx_of(request)
+    with open(path, "rb") as fh:
+        while True:
+            piece = await ctx.run(fh.read, PIECE)
+            if not piece:
+                return
+            yield piece
+
+
+async def _pieces(pieces: Iterable[bytes]) -> AsyncGenerator[bytes, None]:
+    """``pieces`` (in memory already) as an async generator, for a streamed answer."""
+    for piece in pieces:
+        yield piece
 
 
 @router.get("/transfers")
@@ -160,39 +308,65 @@ async def get_blob(digest: str, request: Request) -> Response:
     if not path.is_file():
         raise HTTPException(404, detail={"code": p.E_NOT_FOUND, "message": f"no blob {digest}"})
     slot = await take_slot(request)
-    return FileResponse(path, media_type=p.ZSTD, background=_release_task(request, slot))
+    if _pacer(request) is None:
+        return SlotFileResponse(path, media_type=p.ZSTD).holding(request, slot)
+    try:
+        size = path.stat().st_size
+    except BaseException:  # gone meanwhile (or cancelled): give the slot back
+        await _freer(request, slot)()
+        raise
+    return _SlotStreamingResponse(request, _file_pieces(request, path), p.ZSTD,
+                                  size).holding(request, slot)
 
 
 @router.post("/blobs/fetch")
 async def fetch_blobs(body: p.BlobsQuery, request: Request) -> Response:
-    """Several blobs in one answer (``protocol.encode_blob_batch``), in the order asked.
+    """Several blobs in one answer (``protocol.encode_fetch_answer``), in the order asked.
 
-    Raises 404 naming the first missing blob; 413 if the batch would exceed 64 MiB.
+    A blob with a base in ``body.bases`` that this server holds is sent as a delta against it
+    when that is smaller than its stored frame (sync.delta).
+
+    Raises 404 naming the first missing blob; 413 if the batch would exceed 64 MiB (before
+    compression).
     """
     ctx = ctx_of(request)
+    for h, base in body.bases.items():
+        try:
+            check_hash(h), check_hash(base)
+        except BlobError as exc:
+            raise _bad(f"bases: {exc}") from None
 
     def gather():
-        items, size = [], 0
+        parts, size = [], 0
         for h in body.hashes:
-            frame = ctx.blobs.read_frame(check_hash(h))
-            size += len(frame)
+            data = ctx.blobs.read(check_hash(h))
+            kind = p.FETCH_RAW
+            base = body.bases.get(h)
+            if base is not None and ctx.blobs.has(base):
+                delta = delta_frame(data, ctx.blobs, base)  # data: read once, above
+                if delta is not None and len(delta) < len(data):
+                    data, kind = delta, p.FETCH_DELTA
+            size += len(data)
             if size > MAX_BATCH_BYTES:
                 raise HTTPException(413, detail={"code": p.E_INVALID,
                                                  "message": "batch too large: ask for fewer"})
-            items.append((h, frame))
-        return p.encode_blob_batch(items)
+            parts.append(p.encode_fetch_item(h, kind, data))
+        return p.encode_fetch_answer(parts)
 
     slot = await take_slot(request)
+    free = _freer(request, slot)
     try:
         data = await ctx.run(gather)
     except BlobMissing as exc:
-        await ctx.tx(pacing_q.release, slot)
+        await free()
         raise HTTPException(404, detail={"code": p.E_NOT_FOUND, "message": str(exc)}) from None
     except BlobError as exc:
-        await ctx.tx(pacing_q.release, slot)
+        await free()
         raise _bad(str(exc)) from None
-    except BaseException:
-        await ctx.tx(pacing_q.release, slot)
+    except BaseException:  # 413, cancellation (server shutdown), a bug: never keep the slot
+        await free()
         raise
-    return Response(content=data, media_type=p.BLOB_BATCH,
-                    background=_release_task(request, slot))
+    # Unpaced, the answer goes in one piece (as a plain Response would send it).
+    pieces = pieces_of(data) if _pacer(request) is not None else (data,)
+    return _SlotStreamingResponse(request, _pieces(pieces), p.BLOB_FETCH,
+                                  len(data)).holding(request, slot)

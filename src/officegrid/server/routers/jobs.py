@@ -24,6 +24,10 @@ async def create_job(body: p.JobCreate, request: Request) -> p.JobInfo:
                                                     f"uploaded, e.g. {missing[0]}"})
     s = ctx.settings
     spec = body.model_dump()
+    if body.data:  # each unit must read data at least as new as the master is now
+        from officegrid.server.routers.data import required_positions
+
+        spec["data"] = await required_positions(ctx, body.data)
     now = ctx.now()
 
     def run(conn):

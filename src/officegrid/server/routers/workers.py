@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from officegrid import protocol as p
 from officegrid.cas import BlobError
 from officegrid.server.auth import Principal, admin, ctx_of, worker, worker_session
+from officegrid.server.store import releases as releases_q
 from officegrid.server.store import units as units_q
 from officegrid.server.store import workers as workers_q
 from officegrid.server.store.common import NotFound
@@ -40,8 +41,15 @@ async def open_session(body: p.SessionRequest, request: Request,
     s = ctx.settings
     info = {"hostname": body.hostname, "platform": body.platform, "version": body.version,
             "resources": json.dumps(body.resources.model_dump())}
-    nonce = await ctx.tx(workers_q.open_session, who.worker["id"], instance, body.nonce, now,
-                         s.lease_seconds, info)
+
+    def run(conn):
+        nonce = workers_q.open_session(conn, who.worker["id"], instance, body.nonce, now,
+                                       s.lease_seconds, info)
+        # A new agent run reports again the environments it still cannot build.
+        releases_q.clear_env_failures(conn, who.worker["id"])
+        return nonce
+
+    nonce = await ctx.tx(run)
     return p.SessionResponse(nonce=nonce, worker_id=who.worker["id"], name=who.worker["name"],
                              lease_seconds=s.lease_seconds,
                              heartbeat_interval=s.heartbeat_interval, server_time=now)
@@ -58,6 +66,7 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
     deadline = asyncio.get_running_loop().time() + wait
     skip = frozenset(body.resources.broken_releases)
     resources = body.resources.model_dump()
+    held: dict[str, str] = {}  # release -> "prepare" | "window" (see units_q.claim)
 
     def try_claim():
         now = ctx.now()
@@ -70,9 +79,11 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
             if row["sidelined_until"] and row["sidelined_until"] > now:
                 return [], ("sidelined: failed many units of different jobs in a row; "
                             f"no work for {row['sidelined_until'] - now:.0f}s")
+            held.clear()
             leases = units_q.claim(conn, w["id"], body.max_units, now, ctx.policy, skip,
-                                   skip_locked=not ctx.db.is_sqlite)
-            return leases, None
+                                   skip_locked=not ctx.db.is_sqlite,
+                                   **_claim_filters(body.resources), held_back=held)
+            return leases, _held_reason(held)
 
     first = True
     while True:
@@ -84,7 +95,8 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
             leases, reason = [], None
         first = False
         if leases:
-            return p.LeaseResponse(leases=[p.Lease(**x) for x in leases])
+            return p.LeaseResponse(leases=[p.Lease(**x) for x in leases],
+                                   prepare=_to_prepare(held))
         remaining = deadline - asyncio.get_running_loop().time()
         stopping = ctx.shutting_down is not None and ctx.shutting_down()
         if reason or remaining <= 0 or stopping or await request.is_disconnected():
@@ -95,10 +107,35 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
         retry = s.idle_retry_after
     elif reason.startswith("draining"):
         retry = min(s.heartbeat_interval, 3.0)  # so that `drain --undo` takes effect soon
+    elif reason.startswith("preparing"):
+        retry = min(s.heartbeat_interval, 1.0)  # the worker asks again once its env is built
+    elif reason.startswith("outside transfer window"):
+        retry = s.idle_retry_after
     else:
         retry = min(s.sideline_seconds, 60.0)
     response.headers[p.RETRY_AFTER] = f"{retry:g}"
-    return p.LeaseResponse(leases=[], retry_after=retry, reason=reason or "no work")
+    return p.LeaseResponse(leases=[], retry_after=retry, reason=reason or "no work",
+                           prepare=_to_prepare(held))
+
+
+def _claim_filters(res: p.WorkerResources) -> dict:
+    """The claim's hold-back filters from what the worker reports (see units_q.claim)."""
+    return {"prepared": frozenset(res.prepared),
+            "cached": None if res.fetch_allowed else frozenset(res.releases)}
+
+
+def _to_prepare(held: dict[str, str]) -> list[str]:
+    return sorted(r for r, why in held.items() if why == "prepare")
+
+
+def _held_reason(held: dict[str, str]) -> str | None:
+    """Why no unit was leased when some were held back (None: nothing held back)."""
+    prep = _to_prepare(held)
+    if prep:
+        return "preparing environment for release " + ", ".join(r[:12] for r in prep)
+    if held:
+        return "outside transfer window"
+    return None
 
 
 @router.post("/heartbeat", response_model=p.HeartbeatResponse)
@@ -149,14 +186,17 @@ async def complete(attempt_id: str, body: p.Completion, request: Request,
             row = workers_q.get(conn, w["id"])
             workers_q.check_instance(conn, w["id"], who.instance, row)
             outcome = units_q.complete(conn, attempt_id, w["id"], body.result, body.columns,
-                                       body.records_done, body.record_errors, body.log, now)
+                                       body.records_done, body.record_errors, body.log, now,
+                                       env=body.env)
             nxt = None
             sidelined = row["sidelined_until"] and row["sidelined_until"] > now
             if body.want_next and not row["draining"] and not sidelined:
                 skip = frozenset(body.resources.broken_releases) if body.resources \
                     else frozenset()
                 got = units_q.claim(conn, w["id"], 1, now, ctx.policy, skip,
-                                    skip_locked=not ctx.db.is_sqlite)
+                                    skip_locked=not ctx.db.is_sqlite,
+                                    **(_claim_filters(body.resources) if body.resources
+                                       else {"prepared": frozenset()}))
                 nxt = got[0] if got else None
             return outcome, nxt
 
@@ -189,6 +229,8 @@ async def vacate(attempt_id: str, body: p.Vacate, request: Request,
                  who: Principal = Depends(worker_session)) -> p.Ack:
     """Give a unit back without using any budget (owner returned, shutdown)."""
     ctx = ctx_of(request)
+    if body.done > 0:
+        return await _vacate_partial(attempt_id, body, request, who)
 
     def run(conn):
         workers_q.check_instance(conn, who.worker["id"], who.instance)
@@ -198,6 +240,54 @@ async def vacate(attempt_id: str, body: p.Vacate, request: Request,
     state = await ctx.tx(run)
     ctx.wake_workers()
     return p.Ack(detail=state)
+
+
+async def _vacate_partial(attempt_id: str, body: p.Vacate, request: Request,
+                          who: Principal) -> p.Ack:
+    """Vacate with a finished prefix: store the prefix's result and the two halves of the
+    unit's input (fsynced) first, then one transaction commits the split
+    (``units.vacate_partial``). Ack detail: JSON ``{"outcome", "rest_unit"}``."""
+    from officegrid.records.units import split_unit_input
+
+    ctx = ctx_of(request)
+    w = who.worker
+
+    def run():
+        if body.result is None:
+            raise HTTPException(422, detail={"code": p.E_INVALID,
+                                             "message": "a vacate with done > 0 needs result"})
+        if body.result_inline is not None:
+            ctx.blobs.put_frame(body.result, base64.b64decode(body.result_inline))
+        if not ctx.blobs.has(body.result):
+            raise HTTPException(409, detail={
+                "code": p.E_CONFLICT,
+                "message": f"result blob {body.result} is not stored: upload it first"})
+        with ctx.db.tx() as conn:
+            workers_q.check_instance(conn, w["id"], who.instance)
+            info = units_q.vacate_info(conn, attempt_id, w["id"])
+        if info["attempt_state"] != "active":
+            return {"outcome": "ignored", "rest_unit": None}
+        try:
+            prefix, rest, last_key, first_key = split_unit_input(
+                ctx.blobs.read(info["input"]), body.done)
+        except ValueError as exc:
+            raise HTTPException(422, detail={
+                "code": p.E_INVALID, "message": f"vacate of attempt {attempt_id}: {exc}"}
+            ) from None
+        prefix_blob, rest_blob = ctx.blobs.put(prefix), ctx.blobs.put(rest)
+        with ctx.db.tx() as conn:
+            return units_q.vacate_partial(
+                conn, attempt_id, w["id"], body.reason, body.log, body.done, body.result,
+                body.columns, body.records_done, body.record_errors, prefix_blob, rest_blob,
+                last_key, first_key, ctx.now(), env=body.env)
+
+    try:
+        res = await ctx.run(run)
+    except (BlobError, ValueError) as exc:
+        raise HTTPException(422, detail={"code": p.E_INVALID,
+                                         "message": f"inline blob rejected: {exc}"}) from None
+    ctx.wake_workers()
+    return p.Ack(detail=json.dumps(res))
 
 
 @router.get("/workers", response_model=list[p.WorkerInfo], dependencies=[Depends(admin)])

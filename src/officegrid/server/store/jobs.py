@@ -120,7 +120,7 @@ def _unit_info(r: Any) -> dict[str, Any]:
         "id": r.id, "job_id": r.job_id, "seq": r.seq, "state": r.state, "count": r.count,
         "first_key": loads(r.first_key), "last_key": loads(r.last_key), "input": r.input_blob,
         "result": r.result_blob, "columns": loads(r.columns), "release": r.release_id,
-        "worker": r.worker_name, "records_done": r.records_done,
+        "env": r.env, "worker": r.worker_name, "records_done": r.records_done,
         "record_errors": r.record_errors, "failures": r.failures, "losses": r.losses,
         "last_error": r.last_error,
     }

@@ -2,34 +2,68 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
-from officegrid.server.store.common import Invalid, NotFound
+from officegrid.protocol import RELEASE_PREFIX_MIN, check_channel_name
+from officegrid.server.store.common import Conflict, Invalid, NotFound
 from officegrid.server.store.schema import (
     attempts,
     channel_history,
     channels,
+    env_failures,
     jobs,
     release_blobs,
     releases,
     units,
+    workers,
 )
+
+_HEX = re.compile(r"[0-9a-fA-F]+")
 
 
 def create(conn: Connection, spec: dict[str, Any], blobs: set[str], now: float) -> bool:
-    """Record a release and the blobs it references; return False if it already existed."""
-    if conn.execute(select(releases.c.id).where(releases.c.id == spec["id"])).first():
-        if spec.get("signature"):  # signing an already-published release
+    """Record a release and the blobs it references; return False if it already existed.
+
+    Publishing content that already exists keeps the first metadata (created_at, author,
+    message, git commit). A signature is added to an unsigned release; the same signature
+    again is accepted; a pruned release is made available again (its blobs were checked).
+
+    Raises:
+        Conflict: the release exists with a different signature (workers trusting its
+            current signer would refuse it if it were replaced).
+    """
+    row = conn.execute(select(releases.c.signature, releases.c.signer, releases.c.pruned_at)
+                       .where(releases.c.id == spec["id"])).first()
+    if row is not None:
+        sig, signer = spec.get("signature"), spec.get("signer")
+        if sig and row.signature and (sig, signer) != (row.signature, row.signer):
+            rid = spec["id"]
+            raise Conflict(
+                f"release {rid[:12]} is already published, signed by key {row.signer}; "
+                f"refusing to replace that signature with one by key {signer} (workers "
+                f"trusting {row.signer} would then refuse a release they run). Publish it "
+                f"again with {row.signer}'s key or without --sign (the existing signature "
+                "stays); to use the new key, sign a release with different content")
+        if sig and not row.signature:  # signing an already-published unsigned release
             conn.execute(update(releases).where(releases.c.id == spec["id"])
-                         .values(signature=spec["signature"], signer=spec.get("signer")))
+                         .values(signature=sig, signer=signer))
+        if row.pruned_at is not None:  # published again after retention released its files
+            conn.execute(delete(release_blobs).where(release_blobs.c.release_id == spec["id"]))
+            if blobs:
+                conn.execute(insert(release_blobs),
+                             [{"release_id": spec["id"], "blob": b} for b in sorted(blobs)])
+            conn.execute(update(releases).where(releases.c.id == spec["id"])
+                         .values(pruned_at=None))
         return False
     conn.execute(insert(releases).values(
         id=spec["id"], created_at=now, author=spec.get("author"), message=spec.get("message"),
         git_commit=spec.get("git_commit"), file_count=spec.get("file_count", 0),
         total_bytes=spec.get("total_bytes", 0), signature=spec.get("signature"),
-        signer=spec.get("signer")))
+        signer=spec.get("signer"), env=spec.get("env")))
     if blobs:
         conn.execute(insert(release_blobs),
                      [{"release_id": spec["id"], "blob": b} for b in sorted(blobs)])
@@ -42,21 +76,24 @@ def exists(conn: Connection, release_id: str) -> bool:
 
 
 def resolve(conn: Connection, ref: str) -> str:
-    """A release id from a channel name, a full id or a unique id prefix (>= 6 chars).
+    """A release id from a channel name, a full id or a unique id prefix (>= 6 hex chars).
 
     Raises:
-        NotFound: nothing matches, or a prefix is ambiguous.
+        NotFound: nothing matches, or a prefix is ambiguous or too short.
     """
     ch = conn.execute(select(channels.c.release_id).where(channels.c.name == ref)).first()
     if ch:
         return ch.release_id
-    if len(ref) >= 6:
-        rows = conn.execute(select(releases.c.id).where(releases.c.id.like(f"{ref}%"))
-                            .limit(2)).all()
+    if _HEX.fullmatch(ref):  # only hex: no LIKE wildcards (ids are lowercase hex)
+        if len(ref) < RELEASE_PREFIX_MIN:
+            raise NotFound(f"no channel {ref!r}, and {ref!r} is too short for a release id "
+                           f"prefix: give at least {RELEASE_PREFIX_MIN} hex characters")
+        rows = conn.execute(select(releases.c.id)
+                            .where(releases.c.id.like(f"{ref.lower()}%")).limit(2)).all()
         if len(rows) == 1:
             return rows[0].id
         if len(rows) > 1:
-            raise NotFound(f"release prefix {ref!r} is ambiguous")
+            raise NotFound(f"release prefix {ref!r} is ambiguous: give more characters")
     raise NotFound(f"no channel or release {ref!r}")
 
 
@@ -64,9 +101,14 @@ def move_channel(conn: Connection, name: str, release_id: str, now: float) -> No
     """Point channel ``name`` at ``release_id`` (creating the channel), keeping history.
 
     Raises:
+        Invalid: ``name`` is not a valid channel name (protocol.CHANNEL_RULE), or the release
+            was pruned by retention (its files are gone).
         NotFound: no such release.
-        Invalid: the release was pruned by retention (its files are gone).
     """
+    try:
+        check_channel_name(name)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
     row = conn.execute(select(releases.c.pruned_at).where(releases.c.id == release_id)).first()
     if row is None:
         raise NotFound(f"no release {release_id!r}")
@@ -90,6 +132,21 @@ def list_all(conn: Connection, limit: int = 100) -> list[dict[str, Any]]:
         d["channels"] = sorted(chans.get(r.id, []))
         out.append(d)
     return out
+
+
+def get(conn: Connection, release_id: str) -> dict[str, Any]:
+    """One release as in :func:`list_all` (with its channels).
+
+    Raises:
+        NotFound: no such release.
+    """
+    row = conn.execute(select(releases).where(releases.c.id == release_id)).first()
+    if row is None:
+        raise NotFound(f"no release {release_id!r}")
+    d = dict(row._mapping)
+    d["channels"] = sorted(c.name for c in conn.execute(
+        select(channels.c.name).where(channels.c.release_id == release_id)))
+    return d
 
 
 def list_channels(conn: Connection) -> list[dict[str, Any]]:
@@ -137,3 +194,68 @@ def prune(conn: Connection, keep_per_channel: int, now: float, min_age: float) -
         conn.execute(delete(release_blobs).where(release_blobs.c.release_id == rid))
         conn.execute(update(releases).where(releases.c.id == rid).values(pruned_at=now))
     return pruned
+
+
+# --------------------------------------------------------------------------- environments
+
+
+def record_env_failure(conn: Connection, release_id: str, worker_id: int, env: str | None,
+                       error: str, now: float) -> None:
+    """Remember that ``worker_id`` could not build ``release_id``'s environment (replacing an
+    earlier report of the same pair).
+
+    Raises:
+        NotFound: no such release.
+    """
+    if not exists(conn, release_id):
+        raise NotFound(f"no release {release_id!r}")
+    key = (env_failures.c.release_id == release_id) & (env_failures.c.worker_id == worker_id)
+    conn.execute(delete(env_failures).where(key))
+    conn.execute(insert(env_failures).values(release_id=release_id, worker_id=worker_id,
+                                             env=env, error=error, at=now))
+
+
+def clear_env_failures(conn: Connection, worker_id: int) -> None:
+    """Forget a worker's reports (a new agent run reports again what it still refuses)."""
+    conn.execute(delete(env_failures).where(env_failures.c.worker_id == worker_id))
+
+
+def env_broken_everywhere(conn: Connection, release_id: str, now: float,
+                          live_after: float) -> str | None:
+    """The last reported error if every live worker (seen within ``live_after`` seconds) has
+    reported ``release_id``'s environment broken; else None."""
+    live = workers.c.last_seen >= now - live_after
+    n_live = conn.execute(select(func.count()).select_from(workers).where(live)).scalar_one()
+    rows = conn.execute(
+        select(env_failures.c.error)
+        .join(workers, workers.c.id == env_failures.c.worker_id)
+        .where(env_failures.c.release_id == release_id, live)
+        .order_by(env_failures.c.at.desc())).all()
+    if not rows or len(rows) < n_live:
+        return None
+    return rows[0].error
+
+
+def env_view(conn: Connection, release_ids: set[str], now: float, live_after: float
+             ) -> tuple[dict[int, set[str]], dict[str, dict[int, str]]]:
+    """What the live workers (seen within ``live_after`` seconds) say about the environments of
+    ``release_ids``: (worker id -> the release ids it reports prepared, release id -> {worker
+    id: error} of the live workers that reported it broken, newest report first)."""
+    live: dict[int, set[str]] = {}
+    for r in conn.execute(select(workers.c.id, workers.c.resources)
+                          .where(workers.c.last_seen >= now - live_after)):
+        try:
+            res = json.loads(r.resources) if r.resources else {}
+            prepared = set(res.get("prepared") or []) if isinstance(res, dict) else set()
+        except (ValueError, TypeError):
+            prepared = set()
+        live[r.id] = prepared & release_ids
+    broken: dict[str, dict[int, str]] = {}
+    if release_ids and live:
+        for r in conn.execute(
+                select(env_failures.c.release_id, env_failures.c.worker_id, env_failures.c.error)
+                .where(env_failures.c.release_id.in_(sorted(release_ids)),
+                       env_failures.c.worker_id.in_(sorted(live)))
+                .order_by(env_failures.c.at.desc())):
+            broken.setdefault(r.release_id, {})[r.worker_id] = r.error
+    return live, broken

@@ -79,6 +79,7 @@ releases = Table(
     Column("signature", Text),  # base64 Ed25519 over the release id (see officegrid.signing)
     Column("signer", String(32)),  # key id
     Column("pruned_at", Float),  # its blobs were released by retention; it can no longer run
+    Column("env", HASH),  # env hash of its lock (officegrid.envs); None: no dependencies
 )
 
 release_blobs = Table(
@@ -152,6 +153,7 @@ units = Table(
     Column("last_error", Text),
     Column("leased_at", Float),
     Column("done_at", Float),
+    Column("env", HASH),  # the environment the completing attempt ran in (None: none)
     UniqueConstraint("job_id", "seq"),
 )
 Index("ix_units_state_job_seq", units.c.state, units.c.job_id, units.c.seq)
@@ -192,4 +194,24 @@ transfer_slots = Table(
     Column("id", Integer, primary_key=True),
     Column("holder", String(100), nullable=False),
     Column("expires_at", Float, nullable=False),
+)
+
+data_replicas = Table(  # where each replica of a data source stands (`data status`; migration 0008)
+    "data_replicas",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("replica", String(200), primary_key=True),  # worker name, or a `data pull` replica
+    Column("epoch", String(32), nullable=False),
+    Column("pos", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+env_failures = Table(  # a worker could not build a release's environment (officegrid.envs)
+    "env_failures",
+    metadata,
+    Column("release_id", HASH, primary_key=True),
+    Column("worker_id", Integer, ForeignKey("workers.id"), primary_key=True),
+    Column("env", HASH),
+    Column("error", Text, nullable=False),
+    Column("at", Float, nullable=False),
 )

@@ -8,6 +8,7 @@ Unit states (``protocol.UnitState``)::
       └─────────────────┘     (while another attempt of the unit is active it stays leased)
     queued ──complete (an attempt whose lease had expired)──▶ done
     queued | leased ──cancel──▶ cancelled
+    leased ──vacate with a finished prefix (first)──▶ done (the prefix) + a new queued unit (rest)
 
 Attempt states (``protocol.AttemptState``): active → completed | discarded | failed | lost |
 vacated | aborted.
@@ -25,7 +26,9 @@ costs nothing; import failures of a release count per (job, release) and pause t
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,13 +82,19 @@ def _channel_release(conn: Connection, channel: str | None,
 
 
 def _lease(row: Any, entry: str, attempt_id: str, release: str, now: float, policy: Policy,
-           speculative: bool = False) -> dict[str, Any]:
+           speculative: bool = False, data: str | None = None) -> dict[str, Any]:
     return {
         "attempt": attempt_id, "unit": row.id, "job": row.job_id, "seq": row.seq,
         "release": release, "entry": entry, "input": row.input_blob, "count": row.count,
         "expires_at": now + policy.lease_seconds, "lease_seconds": policy.lease_seconds,
-        "speculative": speculative,
+        "speculative": speculative, "data": _data_required(data),
     }
+
+
+def _data_required(text: str | None) -> dict[str, Any]:
+    """A job's data sources: ``{name: [epoch, position at submit]}`` (older jobs: none)."""
+    value = json.loads(text) if text else None
+    return value if isinstance(value, dict) else {}
 
 
 def _insert_attempt(conn: Connection, unit_id: int, worker_id: int, release: str, now: float,
@@ -99,9 +108,17 @@ def _insert_attempt(conn: Connection, unit_id: int, worker_id: int, release: str
     return attempt_id
 
 
+def _release_env(conn: Connection, release: str, cache: dict[str, str | None]) -> str | None:
+    if release not in cache:
+        cache[release] = conn.execute(select(releases.c.env).where(releases.c.id == release)
+                                      ).scalar_one_or_none()
+    return cache[release]
+
+
 def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
-          skip_releases: frozenset[str] = frozenset(), skip_locked: bool = False
-          ) -> list[dict[str, Any]]:
+          skip_releases: frozenset[str] = frozenset(), skip_locked: bool = False, *,
+          prepared: frozenset[str] | None = None, cached: frozenset[str] | None = None,
+          held_back: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Lease up to ``n`` queued units to ``worker_id`` (queued → leased); return Lease dicts.
 
     Order: job priority (high first), then job id, then unit sequence. Units this worker already
@@ -109,9 +126,29 @@ def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
     retry budget by itself. A unit of a job that follows a channel gets the release the channel
     points to now. ``skip_locked`` (PostgreSQL) lets several server processes claim concurrently
     without waiting on each other.
+
+    Held back (never leased, so no lease waits on a transfer or a build): with ``cached`` (the
+    worker is outside its transfer window), releases not in it; with ``prepared`` (the worker
+    reports which environments it built), releases that have an environment (``releases.env``)
+    not in it. ``held_back`` (if given) receives release id -> ``"window"`` or ``"prepare"``
+    for each release held back; the worker should prepare the latter and ask again.
     """
+    env_cache: dict[str, str | None] = {}
+
+    def hold(release: str) -> str | None:
+        if cached is not None and release not in cached:
+            why = "window"
+        elif prepared is not None and release not in prepared and \
+                _release_env(conn, release, env_cache) is not None:
+            why = "prepare"
+        else:
+            return None
+        if held_back is not None:
+            held_back.setdefault(release, why)
+        return why
+
     running = conn.execute(
-        select(jobs.c.id, jobs.c.entry, jobs.c.channel, jobs.c.release_id)
+        select(jobs.c.id, jobs.c.entry, jobs.c.channel, jobs.c.release_id, jobs.c.data)
         .where(jobs.c.state == "running").order_by(jobs.c.priority.desc(), jobs.c.id)
     ).all()
     failed_here = exists().where(attempts.c.unit_id == units.c.id,
@@ -137,7 +174,7 @@ def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
                 if len(leases) >= n:
                     break
                 release = row.pinned_release or job_release
-                if release is None or release in skip_releases:
+                if release is None or release in skip_releases or hold(release):
                     continue
                 res = conn.execute(
                     update(units).where(units.c.id == row.id, units.c.state == "queued")
@@ -146,11 +183,13 @@ def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
                     continue
                 attempt_id = _insert_attempt(conn, row.id, worker_id, release, now, policy,
                                              False)
-                leases.append(_lease(row, job.entry, attempt_id, release, now, policy))
+                leases.append(_lease(row, job.entry, attempt_id, release, now, policy,
+                                     data=job.data))
         if leases:
             break
     if not leases:
-        spec = claim_speculative(conn, worker_id, now, policy, skip_locked)
+        spec = claim_speculative(conn, worker_id, now, policy, skip_locked,
+                                 allow=lambda r: r not in skip_releases and not hold(r))
         if spec:
             leases.append(spec)
     return leases
@@ -166,12 +205,15 @@ def has_queued(conn: Connection) -> bool:
 
 
 def claim_speculative(conn: Connection, worker_id: int, now: float, policy: Policy,
-                      skip_locked: bool = False) -> dict[str, Any] | None:
+                      skip_locked: bool = False, allow: Callable[[str], bool] | None = None
+                      ) -> dict[str, Any] | None:
     """Near a job's end, give an idle worker a second copy of its oldest slow unit.
 
     Eligible: a leased unit of a running job with no queued units left, leased longer than
     ``speculative_after`` seconds ago, with exactly one active attempt, never tried by this
     worker. The copy runs the release of the running attempt; the first completion wins.
+    ``allow`` (release id -> bool) can refuse the copy's release (e.g. its environment is not
+    built on this worker).
     """
     a2 = attempts.alias("a2")
     u2 = units.alias("u2")
@@ -181,7 +223,7 @@ def claim_speculative(conn: Connection, worker_id: int, now: float, policy: Poli
     )
     q = (
         select(units.c.id, units.c.job_id, units.c.seq, units.c.input_blob, units.c.count,
-               jobs.c.entry)
+               jobs.c.entry, jobs.c.data)
         .join(jobs, jobs.c.id == units.c.job_id)
         .where(
             units.c.state == "leased", jobs.c.state == "running",
@@ -202,8 +244,11 @@ def claim_speculative(conn: Connection, worker_id: int, now: float, policy: Poli
         select(attempts.c.release_id)
         .where(attempts.c.unit_id == row.id, attempts.c.state == "active")
     ).scalar_one()
+    if allow is not None and not allow(release):
+        return None
     attempt_id = _insert_attempt(conn, row.id, worker_id, release, now, policy, True)
-    return _lease(row, row.entry, attempt_id, release, now, policy, speculative=True)
+    return _lease(row, row.entry, attempt_id, release, now, policy, speculative=True,
+                  data=row.data)
 
 
 def _attempt_for(conn: Connection, attempt_id: str, worker_id: int) -> Any:
@@ -217,8 +262,10 @@ def _attempt_for(conn: Connection, attempt_id: str, worker_id: int) -> Any:
 
 def complete(conn: Connection, attempt_id: str, worker_id: int, result_blob: str,
              columns: list[str], records_done: int, record_errors: int, log_blob: str | None,
-             now: float) -> str:
+             now: float, env: str | None = None) -> str:
     """Record an attempt's result; return ``"accepted"`` or ``"discarded"``.
+
+    ``env`` is the environment hash the attempt ran in (None: the release has no lock).
 
     The result blob must already be stored. Idempotent: repeating an accepted completion
     returns ``"accepted"`` again without a second effect.
@@ -229,7 +276,8 @@ def complete(conn: Connection, attempt_id: str, worker_id: int, result_blob: str
         Conflict: the attempt already reported a failure.
     """
     a = conn.execute(
-        select(attempts, units.c.count.label("unit_count"), units.c.job_id)
+        select(attempts, units.c.count.label("unit_count"), units.c.job_id,
+               units.c.state.label("unit_state"))
         .join(units, units.c.id == attempts.c.unit_id).where(attempts.c.id == attempt_id)
     ).first()
     if a is None:
@@ -240,6 +288,12 @@ def complete(conn: Connection, attempt_id: str, worker_id: int, result_blob: str
         return "accepted"
     if a.state == "failed":
         raise Conflict(f"attempt {attempt_id} already reported a failure")
+    if records_done + record_errors != a.unit_count and a.unit_state not in OPEN:
+        # The unit was split by a vacate (its count is now the prefix's) and is closed: this
+        # whole-unit result comes second, so it is discarded like any later completion.
+        conn.execute(update(attempts).where(attempts.c.id == attempt_id)
+                     .values(state="discarded", finished_at=now, log_blob=log_blob))
+        return "discarded"
     if records_done + record_errors != a.unit_count:
         # A result must cover the unit's records exactly; anything else is a worker bug.
         raise Invalid(
@@ -250,7 +304,7 @@ def complete(conn: Connection, attempt_id: str, worker_id: int, result_blob: str
         update(units).where(units.c.id == a.unit_id, units.c.state.in_(OPEN))
         .values(state="done", result_blob=result_blob, columns=dumps(columns),
                 release_id=a.release_id, worker_id=worker_id, attempt_id=attempt_id,
-                records_done=records_done, record_errors=record_errors, done_at=now)
+                records_done=records_done, record_errors=record_errors, done_at=now, env=env)
     )
     if res.rowcount == 1:
         # This attempt completes; other copies still running are told to stop at their next
@@ -344,6 +398,116 @@ def fail(conn: Connection, attempt_id: str, worker_id: int, kind: str, error: st
     return {"unit": state, "job_paused": paused}
 
 
+def pause_for_broken_env(conn: Connection, release_id: str, error: str, now: float
+                         ) -> list[int]:
+    """Pause every running job that runs ``release_id`` (pinned, or its channel points there)
+    because no live worker can build its environment; return the job ids paused.
+    ``officegrid retry JOB`` resumes such a job."""
+    on_channel = select(channels.c.name).where(channels.c.release_id == release_id)
+    rows = conn.execute(
+        select(jobs.c.id).where(jobs.c.state == "running",
+                                (jobs.c.release_id == release_id)
+                                | (jobs.c.release_id.is_(None) & jobs.c.channel.in_(on_channel)))
+    ).all()
+    return _pause_jobs(conn, [r.id for r in rows], _broken_env_reason(release_id, error))
+
+
+def _broken_env_reason(release_id: str, error: str) -> str:
+    # The installer's error and cause lines say what failed (pip: "ERROR: ...", uv: "error:
+    # ..." then "Caused by: ..."), with the package and hashes of a mismatch (envs.errors).
+    from officegrid.envs.errors import summarize
+
+    tail = summarize(error) or "environment build failed"
+    return (f"release {release_id[:12]}: its environment cannot be built on any live worker: "
+            f"{tail}")
+
+
+def _pause_jobs(conn: Connection, job_ids: list[int], reason: str) -> list[int]:
+    paused = []
+    for job_id in job_ids:
+        res = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state == "running")
+                           .values(state="paused", reason=reason[:4000]))
+        if res.rowcount == 1:
+            paused.append(job_id)
+    return paused
+
+
+ENV_WAITING = "waiting: "  # prefix of a running job's reason while it waits for environments
+
+
+def review_env_jobs(conn: Connection, now: float, live_after: float) -> list[int]:
+    """Re-check running jobs whose next queued unit needs an environment (the reaper calls this:
+    a worker's report is not the only moment the answer changes, live workers also go away).
+
+    Per job, with the live workers (seen within ``live_after`` seconds): if none reports the
+    release prepared and every one has reported it broken (at least one), the job pauses with
+    the installer's error, as at a report; if none reports it prepared but some have not yet
+    reported anything, the job's reason says it waits (``"waiting: environment of release X is
+    being built on N workers"``, plus the error of those where it broke); once a live worker
+    has it prepared (or nothing of the job is queued) the waiting reason is cleared. Only
+    reasons this function wrote are replaced. Returns the job ids paused.
+    """
+    from officegrid.envs.errors import summarize
+    from officegrid.server.store import releases as releases_q
+
+    running = conn.execute(
+        select(jobs.c.id, jobs.c.release_id, jobs.c.channel, jobs.c.reason)
+        .where(jobs.c.state == "running").order_by(jobs.c.id)).all()
+    if not running or (conn.execute(select(releases.c.id).where(releases.c.env.is_not(None))
+                                    .limit(1)).first() is None
+                       and not any((j.reason or "").startswith(ENV_WAITING) for j in running)):
+        return []  # no environments at all: nothing to check (one query per reaper round)
+    channel_cache: dict[str, str | None] = {}
+    env_cache: dict[str, str | None] = {}
+    waiting: dict[int, str] = {}  # job id -> release whose environment it needs
+    for job in running:
+        nxt = conn.execute(
+            select(units.c.pinned_release)
+            .where(units.c.job_id == job.id, units.c.state == "queued")
+            .order_by(units.c.seq).limit(1)).first()
+        release = None if nxt is None else (
+            nxt.pinned_release or job.release_id
+            or _channel_release(conn, job.channel, channel_cache))
+        if release is not None and _release_env(conn, release, env_cache) is not None:
+            waiting[job.id] = release
+    reasons = {job.id: job.reason for job in running}
+    new_reason: dict[int, str | None] = {}
+    to_pause: dict[int, str] = {}
+    if waiting:
+        live, broken = releases_q.env_view(conn, set(waiting.values()), now, live_after)
+        for job_id, release in waiting.items():
+            if any(release in prepared for prepared in live.values()):
+                continue  # it runs (or waits for something else)
+            failed = broken.get(release, {})
+            building = [w for w in live if w not in failed]
+            if failed and not building:
+                to_pause[job_id] = _broken_env_reason(release, next(iter(failed.values())))
+                continue
+            if building:
+                n = len(building)
+                text = (f"{ENV_WAITING}environment of release {release[:12]} is being built on "
+                        f"{n} worker{'s' if n != 1 else ''}")
+            else:
+                text = (f"{ENV_WAITING}no live worker to build the environment of release "
+                        f"{release[:12]}")
+            if failed:
+                first = summarize(next(iter(failed.values())), max_lines=3)
+                text += f"; broken on {len(failed)}: {first}"
+            new_reason[job_id] = text[:4000]
+    for job_id, old in reasons.items():
+        if job_id in to_pause:
+            continue
+        want = new_reason.get(job_id)
+        if want == old or (old is not None and not old.startswith(ENV_WAITING)):
+            continue  # unchanged, or a reason someone else wrote
+        conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state == "running")
+                     .values(reason=want))
+    paused = []
+    for job_id, reason in to_pause.items():
+        paused += _pause_jobs(conn, [job_id], reason)
+    return paused
+
+
 def vacate(conn: Connection, attempt_id: str, worker_id: int, reason: str,
            log_blob: str | None, now: float) -> str | None:
     """The worker gives a unit back (owner returned, shutdown): no budget is used.
@@ -359,6 +523,100 @@ def vacate(conn: Connection, attempt_id: str, worker_id: int, reason: str,
     if state in OPEN:
         state = _requeue_or_quarantine(conn, a.unit_id, now, False, None)
     return state
+
+
+def vacate_info(conn: Connection, attempt_id: str, worker_id: int) -> dict[str, Any]:
+    """What a partial vacate needs to split the unit: ``{"attempt_state", "unit_state",
+    "input", "count"}`` of the attempt's unit (a read).
+
+    Raises NotFound / Forbidden like :func:`vacate`."""
+    a = _attempt_for(conn, attempt_id, worker_id)
+    u = conn.execute(select(units.c.state, units.c.input_blob, units.c.count)
+                     .where(units.c.id == a.unit_id)).one()
+    return {"attempt_state": a.state, "unit_state": u.state, "input": u.input_blob,
+            "count": u.count}
+
+
+def vacate_partial(conn: Connection, attempt_id: str, worker_id: int, reason: str,
+                   log_blob: str | None, done: int, result_blob: str, columns: list[str],
+                   records_done: int, record_errors: int, prefix_input: str, rest_input: str,
+                   prefix_last_key: Any, rest_first_key: Any, now: float,
+                   env: str | None = None) -> dict[str, Any]:
+    """Vacate with a finished prefix: the unit's first ``done`` records are committed as done
+    (their result, their release) and the rest becomes a new queued unit.
+
+    The caller stores the result blob and the two input blobs (``prefix_input``: the first
+    ``done`` lines of the unit's input, ``rest_input``: the others) before this transaction.
+    The unit row keeps its id and sequence and becomes the done prefix; the new unit takes
+    ``seq + 1`` (later units of the job move up by one), so results export in record order.
+    The rest unit has no pinned release unless the unit had one: it may run a newer release.
+
+    Exactly once: the commit is the same conditional update as :func:`complete` (``WHERE state
+    IN (queued, leased) AND count = expected``): if another attempt completed the unit first,
+    this one is discarded (``{"outcome": "discarded"}``) and nothing is split; other active
+    attempts of the unit are aborted (they ran the whole unit, whose rest now lives elsewhere).
+
+    Returns ``{"outcome": "split" | "discarded" | "ignored", "rest_unit": id | None}``
+    ("ignored": the attempt was no longer active).
+
+    Raises:
+        NotFound / Forbidden: as :func:`vacate`.
+        Invalid: ``done`` is not inside the unit, or the result does not cover ``done``.
+    """
+    a = _attempt_for(conn, attempt_id, worker_id)
+    if a.state != "active":
+        return {"outcome": "ignored", "rest_unit": None}
+    unit = conn.execute(select(units).where(units.c.id == a.unit_id)).one()
+    if not 0 < done < unit.count:
+        raise Invalid(f"a vacate's done={done} must be between 1 and {unit.count - 1} "
+                      f"(unit {unit.id} has {unit.count} records)")
+    if records_done + record_errors != done:
+        raise Invalid(f"partial result covers {records_done} records + {record_errors} errors, "
+                      f"the vacate says {done} are done")
+    res = conn.execute(
+        update(units).where(units.c.id == unit.id, units.c.state.in_(OPEN),
+                            units.c.count == unit.count)
+        .values(state="done", count=done, input_blob=prefix_input,
+                last_key=dumps(prefix_last_key), result_blob=result_blob,
+                columns=dumps(columns), release_id=a.release_id, worker_id=worker_id,
+                attempt_id=attempt_id, records_done=records_done,
+                record_errors=record_errors, done_at=now, env=env))
+    if res.rowcount != 1:
+        conn.execute(update(attempts).where(attempts.c.id == attempt_id)
+                     .values(state="discarded", finished_at=now, log_blob=log_blob,
+                             error=f"{reason}; another attempt completed the unit first"))
+        return {"outcome": "discarded", "rest_unit": None}
+    # Splits of one job are serialized on the job's row (PostgreSQL; SQLite transactions are
+    # serial anyway), and the unit's seq is read again under that lock: a split committed
+    # meanwhile may have moved it.
+    conn.execute(select(jobs.c.id).where(jobs.c.id == unit.job_id).with_for_update())
+    seq = conn.execute(select(units.c.seq).where(units.c.id == unit.id)).scalar_one()
+    me = attempts.c.id == attempt_id
+    conn.execute(
+        update(attempts)
+        .where(attempts.c.unit_id == unit.id, me | (attempts.c.state == "active"))
+        .values(state=case((me, "completed"), else_="aborted"), finished_at=now,
+                log_blob=case((me, log_blob), else_=attempts.c.log_blob),
+                progress=case((me, done), else_=attempts.c.progress),
+                error=case((me, f"{reason}: {done} of {unit.count} records done, the rest "
+                                 "was requeued as a new unit"),
+                           else_="the unit was split by a vacate")))
+    # Make room at seq + 1 in two steps (the (job_id, seq) unique constraint is checked row by
+    # row): move the later units to negative seqs, then back up shifted by one.
+    later = (units.c.job_id == unit.job_id) & (units.c.seq > seq)
+    conn.execute(update(units).where(later).values(seq=-units.c.seq - 2))
+    conn.execute(update(units).where(units.c.job_id == unit.job_id, units.c.seq < 0)
+                 .values(seq=-units.c.seq - 1))
+    rest_id = conn.execute(insert(units).values(
+        job_id=unit.job_id, seq=seq + 1, state="queued", count=unit.count - done,
+        first_key=dumps(rest_first_key), last_key=unit.last_key, input_blob=rest_input,
+        pinned_release=unit.pinned_release, records_done=0, record_errors=0,
+        failures=unit.failures, losses=unit.losses)).inserted_primary_key[0]
+    conn.execute(update(jobs).where(jobs.c.id == unit.job_id)
+                 .values(unit_count=jobs.c.unit_count + 1))
+    conn.execute(delete(import_failures).where(import_failures.c.job_id == unit.job_id,
+                                               import_failures.c.release_id == a.release_id))
+    return {"outcome": "split", "rest_unit": rest_id}
 
 
 def expire(conn: Connection, now: float, limit: int = 500) -> int:

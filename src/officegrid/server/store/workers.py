@@ -217,7 +217,9 @@ def list_all(conn: Connection, now: float, offline_after: float) -> list[dict[st
         w["active_units"] = [a.unit_id for a in active if a.worker_id == w["id"]]
         w["release"] = last_release.get(w["id"])
         # Derived from the store, not only from the last heartbeat, so the view is current.
-        if w["active_units"]:
+        # The owner policy may hold a worker's units (suspended, paused...): its own word wins.
+        held = w["state"] not in (None, "idle", "running", "draining", "offline")
+        if w["active_units"] and not held:
             w["state"], w["reason"] = "running", None
         elif w["draining"]:
             w["state"], w["reason"] = "draining", "finishing, taking no more units"

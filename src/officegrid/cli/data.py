@@ -1,0 +1,293 @@
+"""``officegrid data``: replicated data sources (create, apply, sql, status, pull, purge)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from officegrid.cli.common import (
+    CaOpt,
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    client,
+    emit,
+    handle_errors,
+    say,
+    show,
+)
+
+app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                  help="Replicated data sources: a master on the server, replicas everywhere.")
+
+
+def _errors(fn: Any) -> Any:
+    """handle_errors plus the replication library's own errors."""
+    from functools import wraps
+
+    from officegrid.cli.common import fail
+    from officegrid.sync.replication.errors import DataSourceError
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DataSourceError as exc:
+            fail(str(exc))
+
+    return handle_errors(wrapper)
+
+
+@app.command("create")
+@_errors
+def create(
+    name: str = typer.Argument(..., help="data source name"),
+    from_file: Path = typer.Option(None, "--from", help="CSV, JSONL or Parquet file"),
+    key: str = typer.Option(..., "--key", help="primary key column"),
+    table: str = typer.Option(None, "--table", help="table name [default: the file's stem]"),
+    replace: bool = typer.Option(False, "--replace", help="replace an existing source"),
+    fmt: str = typer.Option(None, "--format", help="csv | jsonl | parquet [default: extension]"),
+    delimiter: str = typer.Option(None, "--delimiter", help="CSV delimiter [default: sniffed]"),
+    encoding: str = typer.Option("utf-8", "--encoding", help="CSV/JSONL text encoding"),
+    max_bad_rows: int = typer.Option(0, "--max-bad-rows", help="skip up to N bad rows"),
+    from_sql: str = typer.Option(None, "--from-sql",
+                                 help="SQLAlchemy URL of a MySQL/MariaDB/PostgreSQL database"),
+    query: str = typer.Option(None, "--query", help="with --from-sql: the SELECT to import"),
+    refresh: float = typer.Option(None, "--refresh",
+                                  help="with --from-sql: re-import every N seconds (diff by key)"),
+    server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Create data source NAME from a file (checked like `submit` input); prints NAME."""
+    from officegrid.sync.replication import master
+
+    master.check_name(name)
+    if (from_file is None) == (from_sql is None):
+        raise ValueError("give exactly one of --from FILE and --from-sql URL")
+    if from_sql:
+        _create_from_sql(name, from_sql, query, key, table, refresh, replace,
+                         client(server, token, ca), as_json)
+        return
+    with tempfile.TemporaryDirectory(prefix="og-data-") as tmp:
+        db = Path(tmp) / f"{name}.sqlite"
+        n = master.build_from_file(db, from_file, key=key, table=table, fmt=fmt,
+                                   delimiter=delimiter, encoding=encoding,
+                                   max_bad_rows=max_bad_rows)
+        with client(server, token, ca) as c:
+            st = c.data_create(name, db, replace=replace)
+    emit(st, as_json, name, f"data source {name}: {n:,} rows, epoch {st['epoch'][:8]}, "
+                            f"position {st['pos']}")
+
+
+def _table_key(st: dict, table: str | None) -> tuple[str, list[str]]:
+    schema = json.loads(st["schema"])
+    tables = schema["tables"]
+    if table is None:
+        if len(tables) != 1:
+            raise ValueError(f"source has tables {', '.join(sorted(tables))}: name one with "
+                             "--table")
+        table = next(iter(tables))
+    if table not in tables:
+        raise ValueError(f"source has no table {table!r}")
+    return table, tables[table]["pk"]
+
+
+@app.command("apply")
+@_errors
+def apply_cmd(
+    name: str = typer.Argument(..., help="data source name"),
+    upsert: Path = typer.Option(None, "--upsert", help="file of rows to insert or update by key"),
+    delete: Path = typer.Option(None, "--delete", help="file of keys (key columns) to delete"),
+    table: str = typer.Option(None, "--table", help="table [default: the only one]"),
+    fmt: str = typer.Option(None, "--format", help="csv | jsonl | parquet [default: extension]"),
+    delimiter: str = typer.Option(None, "--delimiter"),
+    encoding: str = typer.Option("utf-8", "--encoding"),
+    server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Upsert rows or delete keys of NAME in one transaction; prints the new position."""
+    from officegrid.records.readers import iter_records
+
+    if (upsert is None) == (delete is None):
+        raise ValueError("give exactly one of --upsert FILE and --delete FILE")
+    path = upsert or delete
+    with client(server, token, ca) as c:
+        table, pk = _table_key(c.data_status(name), table)
+        key = pk[0] if len(pk) == 1 else None
+        recs = [r for _, r in iter_records(path, fmt=fmt, delimiter=delimiter,
+                                           encoding=encoding, key=key)]
+        if delete is not None:
+            missing = [k for k in pk if recs and k not in recs[0]]
+            if missing:
+                raise ValueError(f"{path}: no key column {', '.join(missing)}")
+            res = c.data_apply(name, table, delete=[[r[k] for k in pk] for r in recs])
+        else:
+            res = c.data_apply(name, table, upsert=recs)
+    verb = "deleted" if delete is not None else "upserted"
+    emit(res, as_json, res["pos"], f"{name}: {res['rows']:,} rows {verb}, position {res['pos']}")
+
+
+@app.command("sql")
+@_errors
+def sql_cmd(
+    name: str = typer.Argument(..., help="data source name"),
+    statement: str = typer.Argument(..., help="one SQL statement (a write)"),
+    server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Run one write statement on NAME's master; prints the new position."""
+    with client(server, token, ca) as c:
+        res = c.data_sql(name, statement)
+    emit(res, as_json, res["pos"], f"{name}: {res['rows']:,} rows changed, position {res['pos']}")
+
+
+@app.command("purge")
+@_errors
+def purge_cmd(
+    name: str = typer.Argument(..., help="data source name"),
+    before: int = typer.Option(..., "--before", help="drop log entries at positions <= this"),
+    server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Drop the change log up to a position (replicas behind it repair by range hashes)."""
+    with client(server, token, ca) as c:
+        res = c.data_purge(name, before)
+    emit(res, as_json, res["pos"], f"{name}: {res['rows']:,} log entries purged")
+
+
+@app.command("status")
+@_errors
+def status_cmd(
+    name: str = typer.Argument(None, help="one source [default: all]"),
+    server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Each source's epoch, position, retained log, and every replica's position and lag."""
+    with client(server, token, ca) as c:
+        sources = [c.data_status(name)] if name else c.data_sources()
+    if as_json:
+        show(json.dumps(sources, indent=2))
+        return
+    if not sources:
+        say("no data sources")
+    for st in sources:
+        r = st["retained"]
+        rows = ", ".join(f"{t} {n:,} rows" for t, n in st["tables"].items())
+        show(f"{st['name']}: epoch {st['epoch'][:8]} position {st['pos']} "
+             f"(log {st['base_pos'] + 1}..{st['pos']}, {r['entries']:,} entries, "
+             f"{r['bytes']:,} bytes kept); {rows}")
+        for rep in st["replicas"]:
+            lag = f"lag {rep['lag']}" if rep["lag"] is not None else "other epoch: resyncing"
+            show(f"  {rep['replica']}: position {rep['pos']} ({lag})")
+
+
+@app.command("pull")
+@_errors
+def pull(
+    name: str = typer.Argument(..., help="data source name"),
+    to: Path = typer.Option(..., "--to", help="the local replica file"),
+    follow: bool = typer.Option(False, "--follow", help="keep applying changes until stopped"),
+    interval: float = typer.Option(1.0, "--interval", help="--follow: seconds between polls "
+                                   "when idle (jittered +-50%)"),
+    max_bandwidth: str = typer.Option(None, "--max-bandwidth",
+                                      help="cap the snapshot download, e.g. 2MB/s"),
+    replica_name: str = typer.Option(None, "--name", help="how this replica appears in "
+                                     "`data status` [default: pull:HOST:FILE]"),
+    batch: int = typer.Option(1000, "--batch", min=1, help="log entries applied per transaction"),
+    server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Keep a local read-only replica FILE of NAME: bootstrap, tail, repair; prints the
+    position."""
+    from officegrid.sync.replication.remote import HttpRemote
+    from officegrid.sync.replication.replica import Replica
+
+    throttle = None
+    if max_bandwidth:
+        from officegrid.sync.bandwidth import TokenBucket, parse_rate
+
+        throttle = TokenBucket(parse_rate(max_bandwidth)).consume
+    rname = replica_name or f"pull:{socket.gethostname()}:{to.resolve()}"
+    with client(server, token, ca) as c:
+        rep = Replica(to, HttpRemote(c, name), name=rname, throttle=throttle,
+                      batch_entries=batch)
+        stop = threading.Event()
+        if follow:
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                rep.catch_up()
+                _report(rep)
+                rep.follow(stop, interval)
+            except KeyboardInterrupt:
+                pass
+        else:
+            rep.catch_up()
+        pos = rep.position()
+        _report(rep)
+        rep.close()
+    assert pos is not None
+    if as_json:
+        show(json.dumps({"epoch": pos.epoch, "pos": pos.pos, "hash": pos.hash,
+                         "stats": rep.stats.__dict__}))
+    else:
+        show(str(pos.pos))
+
+
+def _report(rep: Any) -> None:
+    s = rep.stats
+    pos = rep.position()
+    parts = [f"replica {rep.path} at position {pos.pos} (epoch {pos.epoch[:8]})"]
+    if s.bootstraps:
+        parts.append(f"snapshot {s.snapshot_bytes:,} bytes fetched"
+                     + (f" (resumed at {s.snapshot_resumed_at:,})" if s.snapshot_resumed_at
+                        else ""))
+    if s.entries:
+        parts.append(f"{s.entries:,} entries in {s.batches} batches")
+    if s.repairs:
+        parts.append(f"{s.repairs} repairs ({s.repair_bytes:,} bytes: "
+                     f"{'; '.join(s.repair_reasons[-3:])})")
+    say(", ".join(parts))
+
+
+def _create_from_sql(name: str, url: str, query: str | None, key: str, table: str | None,
+                     refresh: float | None, replace: bool, c: Any, as_json: bool) -> None:
+    """``data create --from-sql``: import, then (with ``--refresh``) re-import every N seconds,
+    sending only the rows that changed (diffed against a local replica of the source)."""
+    from officegrid.sync.replication import importer
+    from officegrid.sync.replication.remote import HttpRemote
+    from officegrid.sync.replication.replica import Replica
+
+    if not query:
+        raise ValueError("--from-sql needs --query SQL")
+    if refresh is not None and refresh <= 0:
+        raise ValueError("--refresh must be > 0 seconds")
+    table = table or name
+    with tempfile.TemporaryDirectory(prefix="og-data-") as tmp:
+        db = Path(tmp) / f"{name}.sqlite"
+        n = importer.build_from_query(db, url, query, key, table)
+        with c:
+            st = c.data_create(name, db, replace=replace)
+            emit(st, as_json, name, f"data source {name}: {n:,} rows from the query, epoch "
+                                    f"{st['epoch'][:8]}, position {st['pos']}")
+            if refresh is None:
+                return
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            rep = Replica(Path(tmp) / "replica.sqlite", HttpRemote(c, name))
+            try:
+                while not stop.wait(refresh):
+                    rep.catch_up()
+                    ups, dels = importer.diff(rep.conn(), table, key,
+                                              importer.query_rows(url, query))
+                    pos = rep.position()
+                    if ups:
+                        pos = c.data_apply(name, table, upsert=ups)
+                    if dels:
+                        pos = c.data_apply(name, table, delete=dels)
+                    say(f"refresh: {len(ups):,} rows upserted, {len(dels):,} deleted, "
+                        f"position {pos['pos'] if isinstance(pos, dict) else pos.pos}")
+            except KeyboardInterrupt:
+                pass
+            finally:
+                rep.close()

@@ -1,0 +1,167 @@
+"""The replicas of one worker agent: a background thread per data source, applying changes
+continuously in small jittered batches, with a free-disk check before a replica is taken, a
+catch-up to a job's required position, and a WAL checkpoint between units.
+
+A job replicates only the sources it declares (:meth:`ReplicaSet.ensure`). Jitter (``interval
+* (1 +- jitter)`` between polls when idle, and a random start delay) spreads a fleet's requests
+so a big master change does not reach the server from every worker in the same second.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from officegrid.sync.replication.errors import DataSourceError
+from officegrid.sync.replication.master import check_name
+from officegrid.sync.replication.replica import Replica
+
+log = logging.getLogger("officegrid.replicas")
+
+DISK_HEADROOM = 3.0  # a replica needs its snapshot decompressed (often 3x) plus the download
+MIN_FREE_BYTES = 256 << 20  # never fill the owner's disk to the brim
+
+
+class _Follower:
+    def __init__(self, replica: Replica, interval: float, jitter: float) -> None:
+        self.replica = replica
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.error: str | None = None
+        self.interval = interval
+        self.jitter = jitter
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"replica-{replica.path.stem}")
+
+    def _run(self) -> None:
+        self.stop.wait(random.uniform(0, self.interval * self.jitter))  # spread the fleet
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                with self.lock:
+                    what = self.replica.step()
+                self.error, failures = None, 0
+            except Exception as exc:  # noqa: BLE001 - keep following; report the error
+                failures += 1
+                self.error = str(exc)
+                log.warning("replica %s: %s", self.replica.path, exc)
+                self.stop.wait(random.uniform(0, min(60.0, self.interval * 2 ** min(failures, 6))))
+                continue
+            if what == "idle":
+                self.stop.wait(self.interval * (1 + random.uniform(-self.jitter, self.jitter)))
+
+
+class ReplicaSet:
+    """A worker's replicas under ``root`` (``root/NAME.sqlite``).
+
+    Args:
+        root: directory of the replica files.
+        remote_for: ``name -> remote`` (e.g. ``lambda n: HttpRemote(client, n)``).
+        replica_name: how the replicas report themselves (the worker's name).
+        interval: seconds between polls when a replica is idle (jittered by ``jitter``).
+        batch_entries: log entries per applied batch (small batches: readers never wait long).
+        free_bytes: ``() -> free bytes`` on the replica disk (default: ``shutil.disk_usage``).
+        throttle: called with each snapshot piece's size (the agent's bandwidth cap).
+    """
+
+    def __init__(self, root: str | Path, remote_for: Callable[[str], Any],
+                 replica_name: str | None = None, interval: float = 1.0, jitter: float = 0.5,
+                 batch_entries: int = 200,
+                 free_bytes: Callable[[], int] | None = None,
+                 throttle: Callable[[int], None] | None = None) -> None:
+        self.throttle = throttle
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.remote_for = remote_for
+        self.replica_name = replica_name
+        self.interval = interval
+        self.jitter = jitter
+        self.batch_entries = batch_entries
+        self.free_bytes = free_bytes or (lambda: shutil.disk_usage(self.root).free)
+        self._followers: dict[str, _Follower] = {}
+        self._lock = threading.Lock()
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{check_name(name)}.sqlite"
+
+    def ensure(self, names: list[str]) -> None:
+        """Follow each of ``names`` (starting a thread for new ones).
+
+        Raises:
+            DataSourceError: not enough free disk for a new replica's snapshot.
+        """
+        for name in names:
+            with self._lock:
+                if name in self._followers:
+                    continue
+                remote = self.remote_for(name)
+                rep = Replica(self.path(name), remote, name=self.replica_name,
+                              batch_entries=self.batch_entries, throttle=self.throttle)
+                if rep.position() is None:
+                    need = int(remote.snapshot_info()["size"] * DISK_HEADROOM) + MIN_FREE_BYTES
+                    free = self.free_bytes()
+                    if free < need:
+                        rep.close()
+                        raise DataSourceError(
+                            f"not enough free disk for a replica of {name!r}: {free:,} bytes "
+                            f"free, {need:,} needed")
+                f = _Follower(rep, self.interval, self.jitter)
+                self._followers[name] = f
+                f.thread.start()
+
+    def positions(self) -> dict[str, list[Any]]:
+        """``{name: [epoch, pos]}`` of every followed replica that has a position."""
+        out = {}
+        for name, f in list(self._followers.items()):
+            with f.lock:
+                pos = f.replica.position()
+            if pos is not None:
+                out[name] = [pos.epoch, pos.pos]
+        return out
+
+    def catch_up(self, name: str, min_pos: int, timeout: float = 300.0) -> list[Any]:
+        """Step ``name``'s replica until its position is at least ``min_pos`` (a job's
+        requirement at submit time). Returns ``[epoch, pos]``.
+
+        Raises:
+            TimeoutError: not there within ``timeout`` seconds.
+        """
+        self.ensure([name])
+        f = self._followers[name]
+        deadline = time.monotonic() + timeout
+        while True:
+            with f.lock:
+                pos = f.replica.position()
+                if pos is not None and pos.pos >= min_pos:
+                    return [pos.epoch, pos.pos]
+                what = f.replica.step()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replica {name!r} did not reach position {min_pos} in "
+                                   f"{timeout:.0f}s ({f.error or 'no error'})")
+            if what == "idle":  # the master has not got there yet (sealing): ask again soon
+                time.sleep(min(0.2, self.interval))
+
+    def checkpoint(self, truncate: bool = True) -> None:
+        """Checkpoint every replica's WAL between units, so it cannot grow without bound.
+        ``truncate``: also empty the WAL file (only when no unit is reading: a TRUNCATE
+        checkpoint waits for readers); else a PASSIVE checkpoint copies what it can."""
+        mode = "TRUNCATE" if truncate else "PASSIVE"
+        for f in list(self._followers.values()):
+            with f.lock:
+                if f.replica.position() is not None:
+                    f.replica.conn().execute(f"PRAGMA wal_checkpoint({mode})")
+
+    def close(self) -> None:
+        for f in self._followers.values():
+            f.stop.set()
+        for f in self._followers.values():
+            f.thread.join(30)
+            with f.lock:
+                f.replica.close()
+        self._followers.clear()

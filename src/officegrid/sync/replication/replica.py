@@ -1,0 +1,248 @@
+"""A replica's state machine: bootstrap -> tail -> repair (-> tail ...).
+
+- *bootstrap*: no replica file yet: download the master's snapshot (resumable, verified,
+  :mod:`.snapshot`).
+- *tail*: ask for the entries after the replica's position and apply each batch in one
+  transaction with the new position (:mod:`.apply`).
+- *repair*: when the position was purged, the epoch changed, a batch does not continue the chain,
+  or an entry asks a table to be reconciled: sync the schema, compare key-range hashes with the
+  master and fetch only differing rows (:mod:`.merkle`), all in one transaction that also moves
+  the position to the master's head read before the repair; then tail again.
+
+Readers of the replica (WAL) always see a state at some position, never half a batch or half a
+repair.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from officegrid.sync.replication import apply, merkle, schema, snapshot
+from officegrid.sync.replication.errors import ChainBroken, NeedsRepair, ReplicaDiskFull
+from officegrid.sync.replication.schema import qi
+
+log = logging.getLogger("officegrid.replica")
+
+
+@dataclass
+class Stats:
+    """What a replica did (for ``data pull`` output and tests)."""
+
+    bootstraps: int = 0
+    batches: int = 0
+    entries: int = 0
+    repairs: int = 0
+    repair_reasons: list[str] = field(default_factory=list)
+    snapshot_bytes: int = 0
+    snapshot_resumed_at: int = 0
+    repair_bytes: int = 0
+    last_repair: dict[str, Any] = field(default_factory=dict)
+
+
+class Replica:
+    """A local replica file of one data source.
+
+    Args:
+        path: the replica file (created by bootstrap).
+        remote: a :class:`~.remote.LocalRemote` or :class:`~.remote.HttpRemote`.
+        name: how this replica reports itself to the server (``data status``); None: no reports.
+        batch_entries: log entries asked per batch.
+        max_page_count: if set, ``PRAGMA max_page_count`` on the replica (a disk quota; tests).
+        throttle: called with each downloaded snapshot piece's size before the next is taken
+            (e.g. ``sync.bandwidth.TokenBucket.consume``: a bandwidth cap).
+    """
+
+    def __init__(self, path: str | Path, remote: Any, name: str | None = None,
+                 batch_entries: int = 1000, max_page_count: int | None = None,
+                 throttle: Callable[[int], None] | None = None) -> None:
+        self.throttle = throttle
+        self.path = Path(path)
+        self.remote = remote
+        self.name = name
+        self.batch_entries = batch_entries
+        self.max_page_count = max_page_count
+        self.stats = Stats()
+        self._conn: sqlite3.Connection | None = None
+        self._reported: tuple[str, int] | None = None
+
+    # -------------------------------------------------------------- plumbing
+
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = apply.connect(self.path)
+            if self.max_page_count:
+                self._conn.execute(f"PRAGMA max_page_count={int(self.max_page_count)}")
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def position(self) -> apply.Position | None:
+        if not self.path.exists():
+            return None
+        return apply.position(self.conn())
+
+    # -------------------------------------------------------------- states
+
+    def bootstrap(self) -> None:
+        """Download and install the master's snapshot (resuming a partial download)."""
+        self.close()
+        info = self.remote.snapshot_info()
+
+        def fetch(offset: int) -> Iterator[bytes]:
+            for piece in self.remote.snapshot_fetch(info["id"], offset):
+                if self.throttle:
+                    self.throttle(len(piece))
+                yield piece
+
+        got = snapshot.download(info, self.path, fetch)
+        self.stats.bootstraps += 1
+        self.stats.snapshot_bytes += got["fetched"]
+        self.stats.snapshot_resumed_at = got["resumed_at"]
+        log.info("replica %s: snapshot at position %d (%d bytes)", self.path, info["pos"],
+                 got["fetched"])
+
+    def repair(self, reason: str) -> dict[str, Any]:
+        """Anti-entropy repair (see the module docstring). Returns per-table merkle stats.
+
+        Raises:
+            ReplicaDiskFull: the disk filled up; the replica keeps its previous state.
+        """
+        log.info("replica %s: repair (%s)", self.path, reason)
+        before = self.remote.bytes_received
+        st = self.remote.status()
+        master_schema = json.loads(st["schema"])
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._sync_schema(conn, master_schema)
+            result = {t: merkle.repair_table(conn, t, self.remote)
+                      for t in master_schema["tables"]}
+            apply.set_meta(conn, epoch=st["epoch"], pos=st["pos"], hash=st["hash"],
+                           schema=json.dumps(schema.describe(conn)))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:  # SQLITE_FULL may have rolled back already
+                conn.execute("ROLLBACK")
+            if apply.is_disk_full(exc):
+                raise ReplicaDiskFull(f"replica disk full during repair: kept the previous "
+                                      f"state ({exc})") from None
+            raise
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.stats.repairs += 1
+        self.stats.repair_reasons.append(reason)
+        self.stats.repair_bytes += self.remote.bytes_received - before
+        self.stats.last_repair = result
+        return result
+
+    @staticmethod
+    def _sync_schema(conn: sqlite3.Connection, want: dict[str, Any]) -> None:
+        have = schema.describe(conn)
+        for name, ix in have["indexes"].items():
+            if want["indexes"].get(name, {}).get("sql") != ix["sql"]:
+                conn.execute(f"DROP INDEX IF EXISTS {qi(name)}")
+        for t in have["tables"]:
+            if t not in want["tables"]:
+                conn.execute(f"DROP TABLE {qi(t)}")
+        for t, td in want["tables"].items():
+            cur = have["tables"].get(t)
+            if cur is not None:
+                d = schema.diff({"tables": {t: cur}, "indexes": {}},
+                                {"tables": {t: td}, "indexes": {}})
+                if d.destructive:
+                    conn.execute(f"DROP TABLE {qi(t)}")
+                    cur = None
+                else:
+                    for step in d.steps:
+                        schema.apply_step(conn, step)
+            if cur is None:
+                conn.execute(td["sql"])
+        for name, ix in want["indexes"].items():
+            schema.apply_step(conn, {"kind": "create_index", "table": ix["table"],
+                                     "index": name, "sql": ix["sql"]})
+
+    def step(self) -> str:
+        """Do one thing: ``"bootstrap"``, ``"repair"``, ``"applied"`` (a batch) or ``"idle"``.
+
+        Raises:
+            ReplicaDiskFull: applying needs more space than there is (previous state kept).
+            ApiError / Unreachable: the server refused or is away (the caller backs off).
+        """
+        pos = self.position()
+        if pos is None:
+            self.bootstrap()
+            what = "bootstrap"
+        else:
+            try:
+                batch = self.remote.log(pos.epoch, pos.pos, self.batch_entries)
+            except NeedsRepair as exc:
+                self.repair(str(exc))
+                what = "repair"
+            else:
+                if not batch["entries"]:
+                    what = "idle"
+                else:
+                    try:
+                        _, reconcile = apply.apply_batch(self.conn(), batch)
+                        self.stats.batches += 1
+                        self.stats.entries += len(batch["entries"])
+                        what = "applied"
+                        if reconcile:
+                            self.repair(f"reconcile tables {', '.join(sorted(set(reconcile)))}")
+                            what = "repair"
+                    except ChainBroken as exc:
+                        self.repair(str(exc))
+                        what = "repair"
+        self._report()
+        return what
+
+    def _report(self) -> None:
+        if not self.name:
+            return
+        pos = self.position()
+        if pos is None or self._reported == (pos.epoch, pos.pos):
+            return
+        try:
+            self.remote.report(self.name, pos.epoch, pos.pos)
+            self._reported = (pos.epoch, pos.pos)
+        except Exception as exc:  # noqa: BLE001 - reporting is best effort
+            log.debug("replica report failed: %s", exc)
+
+    def catch_up(self, max_steps: int = 100_000) -> apply.Position:
+        """Step until idle (the replica is at the master's head as of the last answer)."""
+        for _ in range(max_steps):
+            if self.step() == "idle":
+                break
+        pos = self.position()
+        assert pos is not None
+        return pos
+
+    def follow(self, stop: threading.Event, interval: float = 1.0, jitter: float = 0.5) -> None:
+        """Keep stepping until ``stop`` is set; sleep ``interval * (1 +- jitter)`` when idle so a
+        fleet of replicas does not poll the server in the same second."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                what = self.step()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a follower outlives server trouble
+                failures += 1
+                delay = min(60.0, interval * 2 ** min(failures, 6))
+                log.warning("replica %s: %s (retry in about %.0fs)", self.path, exc, delay)
+                stop.wait(random.uniform(0, delay))  # full jitter, per server
+                continue
+            if what == "idle":
+                stop.wait(interval * (1 + random.uniform(-jitter, jitter)))

@@ -1,0 +1,306 @@
+"""The replication library on real SQLite files: chain checks, retention and repair, restores,
+epochs, lost triggers, resumable snapshots, full disks and refused input."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from officegrid.records.errors import InputError
+from officegrid.sync.replication import apply, changelog, master
+from officegrid.sync.replication.errors import (
+    ChainBroken,
+    DataSourceError,
+    NeedsRepair,
+    ReplicaDiskFull,
+)
+from officegrid.sync.replication.remote import LocalRemote
+from officegrid.sync.replication.replica import Replica
+from officegrid.sync.replication.service import MasterService
+
+
+def dump(conn: sqlite3.Connection) -> dict:
+    out = {}
+    for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT "
+                             "LIKE '\\_og\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite%'"):
+        out[t] = sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr)
+    return out
+
+
+def make_source(tmp: Path, rows: int = 2000) -> MasterService:
+    """A master with ``rows`` address-like rows (about 60 bytes each)."""
+    data = tmp / "data"
+    data.mkdir()
+    csv = tmp / "people.csv"
+    rnd = random.Random(7)
+    streets = ["Main St", "Oak Ave", "Pine Rd", "Elm St", "Cedar Ln", "Maple Dr"]
+    csv.write_text("id,name,street,city,score\n" + "".join(
+        f"{i},Person {rnd.randrange(10**6)},{rnd.randrange(1, 999)} {rnd.choice(streets)},"
+        f"City{rnd.randrange(500)},{rnd.random():.6f}\n" for i in range(1, rows + 1)))
+    svc = MasterService(data, "people")
+    master.build_from_file(svc.path, csv, key="id")
+    master.adopt(svc.path, svc.state)
+    return svc
+
+
+def equal(replica: Replica, svc: MasterService) -> bool:
+    m = sqlite3.connect(svc.path)
+    r = sqlite3.connect(replica.path)
+    try:
+        return dump(m) == dump(r)
+    finally:
+        m.close()
+        r.close()
+
+
+def test_create_refuses_table_without_primary_key(tmp_path: Path) -> None:
+    db = tmp_path / "x.sqlite"
+    c = sqlite3.connect(db)
+    c.execute("CREATE TABLE ok (id INTEGER PRIMARY KEY)")
+    c.execute("CREATE TABLE nokey (a, b)")
+    c.commit()
+    c.close()
+    with pytest.raises(DataSourceError, match="'nokey' has no primary key"):
+        master.adopt(db)
+
+
+def test_build_from_file_names_file_and_line(tmp_path: Path) -> None:
+    csv = tmp_path / "bad.csv"
+    csv.write_text("id,v\n1,a\n2,b,extra\n")
+    with pytest.raises(InputError, match=r"bad\.csv:3: row has 3 fields, header has 2"):
+        master.build_from_file(tmp_path / "out.sqlite", csv, key="id")
+    dup = tmp_path / "dup.csv"
+    dup.write_text("id,v\n1,a\n1,b\n")
+    with pytest.raises(InputError, match=r"dup\.csv:3:.*duplicate"):
+        master.build_from_file(tmp_path / "out2.sqlite", dup, key="id")
+
+
+def test_sql_leaving_a_table_without_key_is_rolled_back(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 10)
+    m = master.connect(svc.path)
+    with pytest.raises(DataSourceError, match="no primary key"):
+        master.execute_sql(m, "CREATE TABLE loose (a, b)")
+    assert m.execute("SELECT count(*) FROM sqlite_master WHERE name='loose'").fetchone()[0] == 0
+
+
+def test_batch_that_does_not_continue_the_chain_is_refused(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 50)
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    before = rep.position()
+    m = master.connect(svc.path)
+    m.execute("UPDATE people SET name='x' WHERE id=1")
+    batch = svc.log(before.epoch, before.pos)
+    body, h = batch["entries"][0]
+    forged = dict(batch, entries=[[body.replace('"x"', '"y"'), h]])
+    with pytest.raises(ChainBroken):
+        apply.apply_batch(rep.conn(), forged)
+    assert rep.position() == before
+    with pytest.raises(ChainBroken):
+        apply.apply_batch(rep.conn(), dict(batch, prev="00" * 32))
+    apply.apply_batch(rep.conn(), batch)
+    assert equal(rep, svc)
+
+
+def test_purged_position_is_repaired_by_range_hashes_cheaply(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 3000)
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    snapshot_bytes = rep.stats.snapshot_bytes
+    m = master.connect(svc.path)
+    rnd = random.Random(1)
+    changed = rnd.sample(range(1, 3001), 300)  # 10% of rows, at random
+    for i in changed:
+        m.execute("UPDATE people SET score=score || '1' WHERE id=?", (i,))
+    m.execute("DELETE FROM people WHERE id IN (5, 6)")
+    m.execute("INSERT INTO people(id, name) VALUES (99999, 'new')")
+    svc.poll(force=True)
+    with master.write_tx(m):
+        changelog.purge(m, before=10**9)
+    with pytest.raises(NeedsRepair, match="purged"):
+        svc.log(rep.position().epoch, rep.position().pos)
+    rep.catch_up()
+    assert equal(rep, svc)
+    assert rep.stats.repairs == 1
+    stats = rep.stats.last_repair["people"]
+    assert stats["fetched"] <= 300 + 1 + 10  # changed rows (plus rare short-hash collisions)
+    # Only what changed crosses the network: well under a quarter of a full snapshot.
+    assert rep.stats.repair_bytes < 0.25 * snapshot_bytes, (rep.stats.repair_bytes,
+                                                            snapshot_bytes)
+
+
+def test_master_restored_from_backup_and_advanced_is_detected(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 200)
+    backup = tmp_path / "backup.sqlite"
+    m = master.connect(svc.path)
+    m.execute("UPDATE people SET name='v1' WHERE id=1")
+    svc.poll(force=True)
+    m.execute(f"VACUUM INTO '{backup}'")
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    for i in range(2, 12):
+        m.execute("UPDATE people SET name='v2' WHERE id=?", (i,))
+    rep.catch_up()
+    old = rep.position()
+    m.close()
+    # Restore the older copy, then advance it past the replica's position with other changes.
+    for suffix in ("-wal", "-shm"):
+        Path(str(svc.path) + suffix).unlink(missing_ok=True)
+    shutil.copy(backup, svc.path)
+    m = master.connect(svc.path)
+    for i in range(100, 130):
+        m.execute("UPDATE people SET name='v3' WHERE id=?", (i,))
+    res = svc.poll(force=True)
+    assert "restored" in res["epoch_reason"]
+    assert res["head"].epoch != old.epoch
+    assert res["head"].pos >= old.pos  # positions never go back
+    rep.catch_up()
+    assert equal(rep, svc)  # the v2 rows the master lost are gone from the replica too
+    assert any("epoch" in r for r in rep.stats.repair_reasons)
+
+
+def test_replica_ahead_of_unpolled_restore_never_applies_foreign_log(tmp_path: Path) -> None:
+    """Even if the server lost its own record, the chain stops a replica from applying a log
+    of another history."""
+    svc = make_source(tmp_path, 100)
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    m = master.connect(svc.path)
+    m.execute("UPDATE people SET name='a' WHERE id=1")
+    rep.catch_up()
+    pos = rep.position()
+    # Forge: same epoch and positions, other content (a restore the server did not notice).
+    with master.write_tx(m):
+        m.execute("UPDATE _og_log SET body=replace(body, '\"a\"', '\"b\"') WHERE pos=?",
+                  (pos.pos,))
+        m.execute("UPDATE _og_log SET h=? WHERE pos=?", ("11" * 32, pos.pos))
+    m.execute("UPDATE people SET name='c' WHERE id=2")
+    svc.state.unlink()
+    svc.poll(force=True)
+    batch = svc.log(pos.epoch, pos.pos)
+    assert batch["prev"] != pos.hash
+    with pytest.raises(ChainBroken):
+        apply.apply_batch(rep.conn(), batch)
+    rep.catch_up()
+    assert equal(rep, svc)
+
+
+def test_destructive_schema_change_starts_new_epoch(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 100)
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    e0 = rep.position().epoch
+    m = master.connect(svc.path)
+    m.execute("ALTER TABLE people RENAME COLUMN city TO town")
+    res = svc.poll(force=True)
+    assert res["epoch_reason"] and "columns" in res["epoch_reason"]
+    rep.catch_up()
+    assert rep.position().epoch != e0
+    assert equal(rep, svc)
+    cols = [r[1] for r in sqlite3.connect(rep.path).execute("PRAGMA table_info(people)")]
+    assert "city" not in cols and "town" in cols
+
+
+def test_triggers_dropped_by_table_rebuild_are_detected_and_reconciled(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 500)
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    m = sqlite3.connect(svc.path, isolation_level=None)  # an ETL tool: no triggers of its own
+    sql = m.execute("SELECT sql FROM sqlite_master WHERE name='people'").fetchone()[0]
+    m.executescript(f"""BEGIN;
+        CREATE TABLE people_new AS SELECT * FROM people;
+        UPDATE people_new SET name='rebuilt' WHERE CAST(id AS INTEGER) <= 20;
+        DROP TABLE people;
+        {sql};
+        INSERT INTO people SELECT * FROM people_new;
+        DROP TABLE people_new;
+        COMMIT;""")
+    res = svc.poll(force=True)
+    assert res["reconciled"] == ["people"] and res["epoch_reason"] is None
+    rep.catch_up()
+    assert equal(rep, svc)
+    assert rep.stats.last_repair["people"]["fetched"] == 20
+    m.execute("UPDATE people SET name='after' WHERE id=30")  # captured again
+    rep.catch_up()
+    assert equal(rep, svc) and rep.stats.repairs == 1
+
+
+def test_cut_snapshot_download_is_never_opened_and_resumes(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 3000)
+    remote = LocalRemote(svc)
+    dest = tmp_path / "r.sqlite"
+
+    class Cut(Exception):
+        pass
+
+    info = remote.snapshot_info()
+    half = info["size"] // 2
+
+    def cut_fetch(offset: int):
+        sent = 0
+        for piece in remote.snapshot_fetch(info["id"], offset):
+            piece = piece[: half - sent]
+            yield piece
+            sent += len(piece)
+            if sent >= half:
+                raise Cut()
+
+    from officegrid.sync.replication import snapshot
+
+    with pytest.raises(Cut):
+        snapshot.download(info, dest, cut_fetch)
+    assert not dest.exists()
+    assert (tmp_path / "r.sqlite.part").stat().st_size == half
+    rep = Replica(dest, remote)
+    rep.catch_up()
+    assert rep.stats.snapshot_resumed_at == half
+    assert rep.stats.snapshot_bytes == info["size"] - half
+    assert equal(rep, svc)
+
+
+def test_disk_full_while_applying_keeps_previous_replica(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 200)
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    pages = rep.conn().execute("PRAGMA page_count").fetchone()[0]
+    rep.close()
+    full = Replica(tmp_path / "r.sqlite", LocalRemote(svc), max_page_count=pages + 1)
+    before = full.position()
+    m = master.connect(svc.path)
+    m.execute("UPDATE people SET name = name || printf('%.400c', 'x')")
+    with pytest.raises(ReplicaDiskFull, match="disk full"):
+        full.catch_up()
+    assert full.position() == before
+    r = sqlite3.connect(full.path)
+    assert r.execute("SELECT count(*) FROM people").fetchone()[0] == 200
+    assert r.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    full.close()
+    ok = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    ok.catch_up()
+    assert equal(ok, svc)
+
+
+def test_retention_by_size_and_age_keeps_newest_and_chains_from_the_cut(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 50)
+    m = master.connect(svc.path)
+    for i in range(1, 41):
+        m.execute("UPDATE people SET name=? WHERE id=?", (f"n{i}", str(i)))
+    svc.poll(force=True)
+    with master.write_tx(m):
+        sizes = [r[0] for r in m.execute("SELECT length(body) FROM _og_log ORDER BY pos DESC")]
+        keep = sum(sizes[:10])
+        assert changelog.purge(m, max_bytes=keep) == 30
+        h = changelog.head(m)
+        assert h.pos - h.base_pos == 10
+        # The first kept entry chains from the base hash the purge recorded.
+        body, first_hash = m.execute("SELECT body, h FROM _og_log ORDER BY pos LIMIT 1"
+                                     ).fetchone()
+        assert changelog.chain(h.base_hash, body) == first_hash
+        assert changelog.purge(m, max_age=3600) == 0  # all younger than an hour
+        assert changelog.purge(m, max_age=0, now=10**10) == 10
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    assert equal(rep, svc)

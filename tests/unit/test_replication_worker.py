@@ -1,0 +1,106 @@
+"""A worker's replicas: background trickle, one snapshot per reader, catch-up to a required
+position, WAL checkpoints between units, and the free-disk check."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_replication_library import make_source  # noqa: E402
+
+from grid import wait_for  # noqa: E402
+from officegrid.sync.replication import master  # noqa: E402
+from officegrid.sync.replication.errors import DataSourceError  # noqa: E402
+from officegrid.sync.replication.fleet import ReplicaSet  # noqa: E402
+from officegrid.sync.replication.reader import open_snapshot  # noqa: E402
+from officegrid.sync.replication.remote import LocalRemote  # noqa: E402
+
+
+def test_reader_keeps_one_snapshot_while_changes_trickle_in(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 300)
+    reps = ReplicaSet(tmp_path / "replicas", lambda n: LocalRemote(svc), interval=0.05)
+    try:
+        reps.ensure(["people"])
+        head = svc.status()["pos"]
+        reps.catch_up("people", head)
+        conn, used = open_snapshot(reps.path("people"))
+        assert used["pos"] == head
+        m = master.connect(svc.path)
+        m.execute("UPDATE people SET name='changed' WHERE CAST(id AS INTEGER) <= 100")
+        new_head = svc.status()["pos"]
+        assert new_head == head + 100
+        wait_for(lambda: reps.positions()["people"][1] == new_head, 30,
+                 what="the background replica to apply the change")
+        # The unit that opened its transaction earlier still sees the state at its position.
+        assert conn.execute("SELECT count(*) FROM people WHERE name='changed'"
+                            ).fetchone()[0] == 0
+        assert conn.execute("SELECT v FROM _og_replica WHERE k='pos'").fetchone()[0] == str(head)
+        with pytest.raises(sqlite3.OperationalError):
+            conn.execute("DELETE FROM people")
+        conn.close()
+        conn, used = open_snapshot(reps.path("people"))  # the next unit sees the new state
+        assert used["pos"] == new_head
+        assert conn.execute("SELECT count(*) FROM people WHERE name='changed'"
+                            ).fetchone()[0] == 100
+        conn.close()
+        reps.checkpoint()  # between units: the WAL is folded back and truncated
+        wal = Path(str(reps.path("people")) + "-wal")
+        assert not wal.exists() or wal.stat().st_size == 0
+    finally:
+        reps.close()
+
+
+def test_catch_up_reaches_a_required_position(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 50)
+    reps = ReplicaSet(tmp_path / "replicas", lambda n: LocalRemote(svc), interval=3600)
+    try:
+        m = master.connect(svc.path)
+        m.execute("UPDATE people SET name='n'")
+        need = svc.status()["pos"]
+        epoch, pos = reps.catch_up("people", need, timeout=30)
+        assert pos >= need and epoch == svc.status()["epoch"]
+    finally:
+        reps.close()
+
+
+def test_new_replica_refused_without_free_disk(tmp_path: Path) -> None:
+    svc = make_source(tmp_path, 50)
+    reps = ReplicaSet(tmp_path / "replicas", lambda n: LocalRemote(svc),
+                      free_bytes=lambda: 10_000)
+    with pytest.raises(DataSourceError, match="not enough free disk for a replica of 'people'"):
+        reps.ensure(["people"])
+    assert not reps.path("people").exists()
+    reps.close()
+
+
+def test_runner_context_reads_one_snapshot_per_unit(tmp_path: Path) -> None:
+    """The runner's ctx.data (stdlib copy of reader.open_snapshot) pins one position."""
+    import logging
+
+    from officegrid.sync.replication.replica import Replica
+    from officegrid.worker.runner import Context, _with_data
+
+    svc = make_source(tmp_path, 20)
+    rep = Replica(tmp_path / "people.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    ctx = Context({"release_dir": str(tmp_path), "data": {"people": str(rep.path)}},
+                  logging.getLogger("t"))
+    conn = ctx.data("people")
+    before = ctx.data_positions()["people"]
+    m = master.connect(svc.path)
+    m.execute("UPDATE people SET name='new'")
+    rep.catch_up()
+    assert rep.position().pos == before + 20
+    assert conn.execute("SELECT count(*) FROM people WHERE name='new'").fetchone()[0] == 0
+    assert ctx.data("people") is conn and ctx.data_positions() == {"people": before}
+    with pytest.raises(KeyError, match="submit with --data other"):
+        ctx.data("other")
+    fn = _with_data(lambda rec, c: {"x": 1}, ctx.data_positions(), batch=False)
+    assert fn({}, ctx) == {"x": 1, "_data": {"people": before}}
+    conn.close()
+    rep.close()
