@@ -28,7 +28,7 @@ lint: $(STAMP)
 # Debian packages the tests and benchmarks need (root). Called by .ci/run, not by `make test`.
 deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool rsync >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool rsync dbus-daemon >/dev/null
 
 bench: $(STAMP)
 	$(PY) bench/dispatch.py
