@@ -268,18 +268,17 @@ class TimedRemote:
 
 
 def batch_wire(batches: list[dict[str, Any]]) -> dict[str, int]:
-    """Where the bytes of log batches go: zstd-3 of each answer as served, without the
-    per-entry hashes, and of all entries as one stream."""
+    """Where the bytes of log batches go: zstd-3 of each answer as served, and of all entries
+    as one stream."""
     cctx = zstandard.ZstdCompressor(level=3)
 
     def z(obj: Any) -> int:
         return len(cctx.compress(json.dumps(obj, separators=(",", ":")).encode()))
 
     served = sum(z(b) for b in batches)
-    no_hash = sum(z({**b, "entries": [e[0] for e in b["entries"]]}) for b in batches)
-    bodies = [e[0] for b in batches for e in b["entries"]]
+    bodies = [e for b in batches for e in b["entries"]]
     one = len(cctx.compress("\n".join(bodies).encode()))
-    return {"served": served, "no_hash": no_hash, "one_stream": one,
+    return {"served": served, "one_stream": one,
             "entries": len(bodies)}
 
 
@@ -825,10 +824,8 @@ def report(bench: Bench, cmd: str) -> str:
         f"{mark(ok_a)} ({og_bytes / a['floor']:.2f}x the floor, "
         f"{og_bytes / rs_a:.1%} of rsync's). Where officegrid's bytes go "
         f"({w['entries']:,} entries in {og['requests']} requests of batches of 200): the zstd-3 "
-        f"JSON answers as served come to {fmt_b(w['served'])}; without the 64-hex-digit chain "
-        f"hash each entry carries they would be {fmt_b(w['no_hash'])} "
-        f"({(og_bytes - w['served'] + w['no_hash']) / a['floor']:.2f}x the floor with the "
-        f"HTTP overhead); all entry bodies as one zstd-3 stream {fmt_b(w['one_stream'])} "
+        f"JSON answers as served (entry bodies and one chain hash per answer) come to "
+        f"{fmt_b(w['served'])}; all entry bodies as one zstd-3 stream {fmt_b(w['one_stream'])} "
         f"({w['one_stream'] / a['floor']:.2f}x: the rest of the gap is the JSON entry format, "
         "column names and positions in every entry); HTTP headers and the requests: "
         f"{fmt_b(og_bytes - w['served'])}.")

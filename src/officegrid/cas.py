@@ -97,6 +97,12 @@ class ContentStore:
             self._write(digest, compress(data))
         return digest
 
+    def put_verified(self, digest: str, data: bytes) -> None:
+        """Store ``data`` (uncompressed) under ``digest``, which the caller has just checked is
+        its hash (no second hashing). Idempotent."""
+        if not self.has(digest):
+            self._write(digest, compress(data))
+
     def put_frame(self, digest: str, frame: bytes) -> int:
         """Store a zstd ``frame`` claimed to hold the content named ``digest``.
 

@@ -95,8 +95,8 @@ def test_batch_that_does_not_continue_the_chain_is_refused(tmp_path: Path) -> No
     m = master.connect(svc.path)
     m.execute("UPDATE people SET name='x' WHERE id=1")
     batch = svc.log(before.epoch, before.pos)
-    body, h = batch["entries"][0]
-    forged = dict(batch, entries=[[body.replace('"x"', '"y"'), h]])
+    (body,) = batch["entries"]
+    forged = dict(batch, entries=[body.replace('"x"', '"y"')])
     with pytest.raises(ChainBroken):
         apply.apply_batch(rep.conn(), forged)
     assert rep.position() == before

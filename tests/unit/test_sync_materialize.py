@@ -862,3 +862,55 @@ def test_a_file_edited_while_a_pull_runs_is_not_vouched_for_by_the_index(
     again = pull_into(r2, target, cache=cache, fetch=server.fetch)
     assert not again.already_present and again.files_written == 1
     assert snapshot(target) == snapshot(tmp_path / "src")
+
+
+def test_a_changed_large_file_takes_its_unchanged_chunks_from_the_old_version(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    """rsync's basis file: the shared chunks of a changed file are read from its previous
+    version in the target, not decompressed from (or fetched into) the cache."""
+    import random as _random
+
+    body = _random.Random(3).randbytes(3 << 20)
+    write(tmp_path / "src", "big.bin", body)
+    r1 = server.publish(tmp_path / "src")
+    target = tmp_path / "out"
+    pull_into(r1, target, cache=cache, fetch=server.fetch)
+    (old_entry,) = _entries(server.store.read(r1))
+    for digest, _size in old_entry.chunks:  # bit rot: a cache read would refetch the chunk
+        cache.path(digest).write_bytes(cas.compress(b"bitrot"))
+    edited = body[:1_500_000] + b"an inserted line\n" + body[1_500_000:]
+    write(tmp_path / "src", "big.bin", edited)
+    r2 = server.publish(tmp_path / "src")
+    server.calls.clear()
+    pull_into(r2, target, cache=cache, fetch=server.fetch)
+    assert (target / "big.bin").read_bytes() == edited
+    (entry,) = _entries(server.store.read(r2))
+    chunks = {h for h, _ in entry.chunks}
+    fetched_chunks = [h for h in server.fetched if h in chunks]
+    assert len(chunks) > 10
+    assert 1 <= len(fetched_chunks) <= 3  # the chunks around the insert, not all of them:
+    # the others were read from the previous version of the file
+
+
+def test_a_basis_that_lies_about_its_content_is_not_used(
+    tmp_path: Path, server: Server, cache: cas.ContentStore
+) -> None:
+    import random as _random
+
+    body = _random.Random(4).randbytes(3 << 20)
+    write(tmp_path / "src", "big.bin", body)
+    r1 = server.publish(tmp_path / "src")
+    target = tmp_path / "out"
+    pull_into(r1, target, cache=cache, fetch=server.fetch)
+    path = target / "big.bin"
+    st = path.stat()
+    with open(path, "r+b") as fh:  # same size, same inode, mtime put back: the index is fooled
+        fh.seek(100)
+        fh.write(b"tampered")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    edited = body[:2_000_000] + b"x" + body[2_000_000:]
+    write(tmp_path / "src", "big.bin", edited)
+    r2 = server.publish(tmp_path / "src")
+    pull_into(r2, target, cache=cache, fetch=server.fetch)
+    assert path.read_bytes() == edited  # the whole-file hash caught it: written from the cache

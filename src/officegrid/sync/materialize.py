@@ -168,7 +168,7 @@ def materialize(
     blobs = _Blobs(cache, fetch, batch_size, stats)
     base = _newest_release_beside(dest)
     base_id, base_index = _read_marker(base, RELEASE_MARKER) if base is not None else (None, {})
-    dirs, files = _fetch_release(release_id, blobs, base_id)
+    dirs, files, old_files = _fetch_release(release_id, blobs, base_id)
     _check_space(release_id, parent, sum(e.size for _, e in files))
 
     for leftover in parent.iterdir():
@@ -190,7 +190,9 @@ def materialize(
                 if base is not None and _copy_unchanged(base, rel, e, base_index, target):
                     stats.files_reused += 1
                 else:
-                    _write_file(target, rel, e, blobs)
+                    basis = _basis(base, rel, old_files.get(rel), base_index) \
+                        if base is not None else None
+                    _write_file(target, rel, e, blobs, basis)
                 stats.files_written += 1
                 index[rel] = (e.hash, _stat_key(os.lstat(target)))
         _make_durable(staging, [staging / path for path, _ in dirs])
@@ -272,7 +274,7 @@ def pull_into(
     stats = MaterializeStats()
     blobs = _Blobs(cache, fetch, batch_size, stats)
     state, old_index = _read_marker(target, PULL_MARKER)
-    dirs, files = _fetch_release(release_id, blobs, state or _previous(target))
+    dirs, files, old_files = _fetch_release(release_id, blobs, state or _previous(target))
     target.mkdir(exist_ok=True)
 
     wanted_dirs = {path for path, _ in dirs}
@@ -311,7 +313,7 @@ def pull_into(
         # Not named after the file: a name of up to 255 bytes leaves no room for a prefix.
         tmp = final.with_name(f"{_TMP_PREFIX}{secrets.token_hex(8)}")
         try:
-            _write_file(tmp, rel, e, blobs)
+            _write_file(tmp, rel, e, blobs, _basis(target, rel, old_files.get(rel), old_index))
             index[rel] = (e.hash, _stat_key(os.lstat(tmp)))
             os.replace(tmp, final)
         except BaseException:
@@ -586,7 +588,7 @@ class _Blobs:
                 if actual != digest:
                     wrong[digest] = f"content hashes to {actual}"
                     continue
-                self.cache.put(data)
+                self.cache.put_verified(digest, data)
                 wanted.discard(digest)
                 wrong.pop(digest, None)
                 if kind == "manifest":
@@ -610,10 +612,12 @@ class _Blobs:
 
 
 def _fetch_release(release_id: str, blobs: _Blobs, old_root: str | None
-                   ) -> tuple[list[tuple[str, list[Entry]]], list[tuple[str, FileEntry]]]:
+                   ) -> tuple[list[tuple[str, list[Entry]]], list[tuple[str, FileEntry]],
+                              dict[str, FileEntry]]:
     """Fetch what the cache lacks of a release (as deltas against ``old_root``, a release
     whose manifests the cache holds, where it has a previous version); return its directories
-    (parents first) and its files (relative path, entry)."""
+    (parents first), its files (relative path, entry) and, by path, the files of ``old_root``
+    in the directories that changed (their previous versions)."""
     if old_root is not None and not cas.HASH_RE.match(old_root):
         old_root = None  # a damaged marker names no release
     dirs, old_files = _fetch_manifests(release_id, blobs, old_root)
@@ -642,7 +646,7 @@ def _fetch_release(release_id: str, blobs: _Blobs, old_root: str | None
             bases.update(_chunk_bases(e, old))
     bases = {d: b for d, b in bases.items() if blobs.cache.has(b)}
     blobs.ensure(chunks, "chunk", sizes, bases)
-    return dirs, files
+    return dirs, files, old_files
 
 
 def _check_space(release_id: str, where: Path, needed: int) -> None:
@@ -764,25 +768,87 @@ def _overlap_bases(new: FileEntry, old: FileEntry) -> dict[str, str]:
     return bases
 
 
-def _write_file(target: Path, path: str, e: FileEntry, blobs: _Blobs) -> None:
+def _basis(root: Path, rel: str, old: FileEntry | None, index: Index) -> Basis | None:
+    """``root/rel`` as the basis of its new version (rsync's basis file): usable when it still
+    holds ``old`` by its stat data (the marker's index), so chunks the two versions share are
+    read from it instead of being decompressed from the cache."""
+    if old is None or len(old.chunks) < 2 or not _unchanged(root, rel, old, index):
+        return None
+    offsets: dict[str, tuple[int, int]] = {}
+    pos = 0
+    for digest, size in old.chunks:
+        offsets.setdefault(digest, (pos, size))
+        pos += size
+    return Basis(root / rel, offsets)
+
+
+@dataclass(frozen=True)
+class Basis:
+    """The previous version of a file: its path and where each of its chunks lies in it
+    (hash -> (offset, size) in bytes)."""
+
+    path: Path
+    offsets: dict[str, tuple[int, int]]
+
+
+class _BasisChanged(Exception):
+    """Bytes read from a basis file were not what its index promised."""
+
+
+def _write_file(target: Path, path: str, e: FileEntry, blobs: _Blobs,
+                basis: Basis | None = None) -> None:
+    """Write ``e``'s content to ``target`` (created), chunk by chunk: from ``basis`` where the
+    previous version has the chunk, else from the verified cache; several chunks are re-hashed
+    as a whole against ``e.hash``. A basis that changed under us is dropped (the file is then
+    written from the cache alone).
+
+    Raises:
+        MaterializeError: chunk sizes or the file hash disagree with the manifest.
+        OSError: writing failed.
+    """
+    if basis is not None:
+        try:
+            return _assemble_file(target, path, e, blobs, basis)
+        except (_BasisChanged, OSError):
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+    return _assemble_file(target, path, e, blobs, None)
+
+
+def _assemble_file(target: Path, path: str, e: FileEntry, blobs: _Blobs,
+                   basis: Basis | None) -> None:
     hasher = blake3.blake3() if len(e.chunks) > 1 else None
-    with open(target, "xb") as out:
-        for digest, size in e.chunks:
-            if size == 0:
-                continue
-            data = blobs.read(digest, path, "chunk")
-            if len(data) != size:
-                raise MaterializeError(
-                    f"{path}: chunk {digest} has {len(data)} bytes, the manifest says {size}"
-                )
-            if hasher is not None:
-                hasher.update(data)
-            out.write(data)
-        if _SYNCFS is None:
-            out.flush()
-            os.fsync(out.fileno())
-    # A one-chunk file's hash is its (verified) chunk's hash; several chunks are re-hashed.
+    src = os.open(basis.path, os.O_RDONLY) if basis is not None else None
+    try:
+        with open(target, "xb") as out:
+            for digest, size in e.chunks:
+                if size == 0:
+                    continue
+                where = basis.offsets.get(digest) if basis is not None else None
+                if where is not None and src is not None:
+                    data = os.pread(src, size, where[0])
+                else:
+                    data = blobs.read(digest, path, "chunk")
+                if len(data) != size:
+                    if where is not None:
+                        raise _BasisChanged(path)
+                    raise MaterializeError(
+                        f"{path}: chunk {digest} has {len(data)} bytes, the manifest says {size}"
+                    )
+                if hasher is not None:
+                    hasher.update(data)
+                out.write(data)
+            if _SYNCFS is None:
+                out.flush()
+                os.fsync(out.fileno())
+    finally:
+        if src is not None:
+            os.close(src)
+    # A one-chunk file's hash is its (verified) chunk's hash; several chunks are re-hashed,
+    # which also checks every byte taken from a basis.
     if hasher is not None and hasher.hexdigest() != e.hash:
+        if basis is not None:
+            raise _BasisChanged(path)
         raise MaterializeError(f"{path}: the chunks' content does not hash to {e.hash}")
     os.chmod(target, e.mode)
 

@@ -72,23 +72,24 @@ def position(conn: sqlite3.Connection) -> Position | None:
     return Position(m.get("source", ""), m["epoch"], int(m["pos"]), m["hash"])
 
 
-def verify(prev: str, entries: list[list[str]], after: int) -> list[dict[str, Any]]:
-    """Check that ``entries`` (``[body, hash]``) chain from ``prev`` with rising positions after
-    ``after``; return the parsed bodies.
+def verify(prev: str, entries: list[str], after: int, last: str) -> list[dict[str, Any]]:
+    """Check that ``entries`` (bodies) chain from ``prev`` to the master's chain hash ``last``
+    with rising positions after ``after``; return the parsed bodies.
 
     Raises:
-        ChainBroken: a hash or position does not continue.
+        ChainBroken: a position goes back, or the chain through the bodies does not end at
+            ``last`` (a changed, missing or foreign entry).
     """
     out = []
-    for body, h in entries:
-        if chain(prev, body) != h:
-            raise ChainBroken(f"log entry hash mismatch after position {after}: the log does "
-                              "not continue this replica's history")
+    for body in entries:
         e = codec.loads(body)
         if e["p"] <= after:
             raise ChainBroken(f"log positions go back ({e['p']} after {after})")
         out.append(e)
-        prev, after = h, e["p"]
+        prev, after = chain(prev, body), e["p"]
+    if prev != last:
+        raise ChainBroken(f"log hash mismatch up to position {after}: the log does not "
+                          "continue this replica's history")
     return out
 
 
@@ -148,14 +149,14 @@ def apply_batch(conn: sqlite3.Connection, batch: dict[str, Any]) -> tuple[Positi
         if batch["epoch"] != cur.epoch or batch["after"] != cur.pos or batch["prev"] != cur.hash:
             raise ChainBroken(f"batch after {batch['after']} does not continue the replica at "
                               f"{cur.pos}")
-        entries = verify(cur.hash, batch["entries"], cur.pos)
+        entries = verify(cur.hash, batch["entries"], cur.pos, batch["last"])
         cache: dict[str, Any] = {}
         reconcile: list[str] = []
         for e in entries:
             if apply_entry(conn, e, cache):
                 reconcile.append(e["t"])
         if entries:
-            cur.pos, cur.hash = entries[-1]["p"], batch["entries"][-1][1]
+            cur.pos, cur.hash = entries[-1]["p"], batch["last"]
             set_meta(conn, pos=cur.pos, hash=cur.hash)
             if any(e["o"] == "S" for e in entries):
                 set_meta(conn, schema=json.dumps(schema.describe(conn)))
