@@ -202,9 +202,11 @@ class BlobsMissing(Model):
 
 CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CHANNEL_RULE = ("1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit, "
-                "and not 64 hex characters (that reads as a release id)")
+                "and not 6 or more hex characters alone (that reads as a release id prefix)")
 RELEASE_PREFIX_MIN = 6  # shortest release id prefix the server resolves
 _RELEASE_ID_RE = re.compile(r"[0-9a-f]{64}")
+#: what reads as a release id or id prefix; a channel so named would hide that release
+_RELEASE_REF_RE = re.compile(rf"[0-9a-fA-F]{{{RELEASE_PREFIX_MIN},64}}")
 
 
 def check_channel_name(name: str) -> str:
@@ -214,19 +216,19 @@ def check_channel_name(name: str) -> str:
         ValueError: naming the bad name and the rule.
     """
     if not isinstance(name, str) or not CHANNEL_RE.fullmatch(name) \
-            or _RELEASE_ID_RE.fullmatch(name.lower()):
+            or _RELEASE_REF_RE.fullmatch(name):
         shown = name if not isinstance(name, str) or len(name) <= 80 else name[:80] + "..."
         raise ValueError(f"invalid channel name {shown!r}: a channel name is {CHANNEL_RULE}")
     return name
 
 
 def check_release_ref(ref: str) -> str:
-    """Return ``ref`` if it can name a release: a channel name or a full release id.
+    """Return ``ref`` if it can name a release: a channel name, a release id or an id prefix.
 
     Raises:
         ValueError: naming the bad reference and the rule.
     """
-    if isinstance(ref, str) and _RELEASE_ID_RE.fullmatch(ref):
+    if isinstance(ref, str) and _RELEASE_REF_RE.fullmatch(ref):
         return ref
     try:
         return check_channel_name(ref)
@@ -595,7 +597,7 @@ class FetchDecoder:
             raise ValueError(f"truncated fetch answer ({len(self._buf)} bytes of a partial item)")
 
 
-def iter_fetch_answer(pieces: Iterable[bytes], out_piece: int = 1 << 20
+def iter_fetch_answer(pieces: Iterable[bytes], out_piece: int = 64 * 1024
                       ) -> Iterator[tuple[str, int, bytes]]:
     """Decode a fetch answer arriving as compressed ``pieces`` (e.g. off a socket): yield each
     (hash, kind, data) item as soon as it is complete.

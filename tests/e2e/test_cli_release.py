@@ -233,11 +233,12 @@ def test_republishing_same_content_says_so_and_keeps_first_metadata(cli, mgrid, 
     assert as_json["existed"] is True and as_json["message"] == "first cut"
 
 
-BAD_CHANNELS = ["a/b", "../x", "with space", "", "x" * 300, ".hidden", "0123abcd" * 8]
+BAD_CHANNELS = ["a/b", "../x", "with space", "", "x" * 300, ".hidden", "0123abcd" * 8,
+                "7478adc048d0", "DEADBEEF"]  # read as release id prefixes: would hide one
 
 
 @pytest.mark.parametrize("name", BAD_CHANNELS, ids=["slash", "dotdot", "space", "empty",
-                                                     "long", "dot", "hex64"])
+                                                     "long", "dot", "hex64", "hex12", "HEX8"])
 def test_bad_channel_names_are_refused_early(cli, mgrid, tmp_path, name):
     src = code_dir(tmp_path, "badch")
     res = cli("release", "create", src, "--channel", name)
@@ -255,7 +256,8 @@ def test_bad_channel_names_are_refused_early(cli, mgrid, tmp_path, name):
     for args in (("pull", name, "--to", "out"), ("diff", name, "trunk")):
         res = cli("release", *args)
         assert res.returncode == 1, res
-        if name == "0123abcd" * 8:  # not a channel, but a release id: looked up, not found
+        if name in ("0123abcd" * 8, "7478adc048d0", "DEADBEEF"):
+            # not a channel, but a release id or prefix: looked up, not found
             assert f"no channel or release {name!r}" in res.err, res
             continue
         assert f"invalid channel or release {shown!r}" in res.err, res

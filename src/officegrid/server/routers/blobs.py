@@ -359,7 +359,11 @@ async def fetch_blobs(body: p.BlobsQuery, request: Request) -> Response:
         data = await ctx.run(gather)
     except BlobMissing as exc:
         await free()
-        raise HTTPException(404, detail={"code": p.E_NOT_FOUND, "message": str(exc)}) from None
+        # Not the server's path: a blob that is gone usually belongs to a pruned release.
+        digest = str(exc).split()[1] if len(str(exc).split()) > 1 else "?"
+        raise HTTPException(404, detail={"code": p.E_NOT_FOUND, "message": (
+            f"blob {digest} is not on the server (its release may have been pruned by "
+            "retention: keep_releases; publish it again to use it)")}) from None
     except BlobError as exc:
         await free()
         raise _bad(str(exc)) from None
