@@ -142,14 +142,31 @@ class ClientSettings(_Settings):
 S = TypeVar("S", bound=_Settings)
 
 
+SECTIONS = ("server", "worker", "client", "policy")  # the tables officegrid.toml may hold
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The file's tables; {} when the default ``officegrid.toml`` is absent.
+
+    Raises:
+        ConfigError: a file named by OFFICEGRID_CONFIG is missing, the file is not TOML, or
+            it has a table officegrid does not know (a misspelt ``[polcy]`` would otherwise
+            be ignored silently).
+    """
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            data = tomllib.load(fh)
     except FileNotFoundError:
+        if os.environ.get(CONFIG_ENV):
+            raise ConfigError(f"{path}: no such file (named by {CONFIG_ENV})") from None
         return {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    for key in data:
+        if key not in SECTIONS:
+            raise ConfigError(f"{path}: unknown table [{key}] (known: "
+                              + ", ".join(f"[{s}]" for s in SECTIONS) + ")")
+    return data
 
 
 def _config_path() -> Path:

@@ -96,7 +96,7 @@ def test_monitor_combines_x11_with_the_other_sources() -> None:
 
 def test_officegrid_idle_json_on_xvfb(tmp_path: Path) -> None:
     with xvfb_display() as display:
-        env = dict(os.environ, DISPLAY=display, OFFICEGRID_CONFIG=str(tmp_path / "none.toml"))
+        env = dict(os.environ, DISPLAY=display, OFFICEGRID_CONFIG=os.devnull)
         out = subprocess.run([sys.executable, "-m", "officegrid", "idle", "--json",
                               "--work-dir", str(tmp_path), "--source", "x11",
                               "--source", "reporter"],
@@ -129,7 +129,7 @@ def test_officegrid_idle_json_on_xvfb(tmp_path: Path) -> None:
 
 def _start_reporter(display: str, work_dir: Path) -> subprocess.Popen:
     env = dict(os.environ, DISPLAY=display, XDG_SESSION_ID="t1",
-               OFFICEGRID_CONFIG=str(work_dir / "none.toml"))
+               OFFICEGRID_CONFIG=os.devnull)
     return subprocess.Popen([sys.executable, "-m", "officegrid", "idle-reporter", "--work-dir",
                              str(work_dir), "--source", "x11"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -47,3 +47,20 @@ def test_full_jitter_is_capped_and_resets():
     b.success()
     assert b.next_delay() <= 1.0
     assert 10.0 <= b.jitter(10.0) <= 12.0
+
+
+def test_a_misspelt_table_or_a_missing_named_file_is_refused(tmp_path, monkeypatch):
+    import pytest
+
+    from officegrid.config import ConfigError, WorkerSettings, load
+
+    cfg = tmp_path / "officegrid.toml"
+    cfg.write_text('[polcy]\npreset = "night"\n')
+    with pytest.raises(ConfigError, match=r"unknown table \[polcy\]"):
+        load(WorkerSettings, "worker", config_file=cfg)
+    monkeypatch.setenv("OFFICEGRID_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="missing.toml: no such file"):
+        load(WorkerSettings, "worker")
+    monkeypatch.delenv("OFFICEGRID_CONFIG")
+    monkeypatch.chdir(tmp_path / "..")
+    assert load(WorkerSettings, "worker").slots == 1  # no officegrid.toml here: defaults

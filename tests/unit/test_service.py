@@ -35,8 +35,11 @@ def test_linux_plan_systemd_unit() -> None:
     unit = _ini(plan.file("officegrid-worker.service").content)
     svc = unit["Service"]
     assert svc["User"] == "officegrid" and svc["Group"] == "officegrid"
+    # The preset is in the config file, which the operator edits (a flag would override it).
     assert svc["ExecStart"] == ("/opt/officegrid/bin/python -m officegrid worker --work-dir "
-                                "/var/lib/officegrid/worker --policy desktop")
+                                "/var/lib/officegrid/worker")
+    config = plan.file("officegrid.toml").content
+    assert '[policy]\npreset = "desktop"' in config
     assert svc["KillMode"] == "control-group" and svc["Restart"] == "on-failure"
     assert svc["IOSchedulingClass"] == "best-effort" and svc["IOSchedulingPriority"] == "7"
     assert int(svc["Nice"]) > 0 and svc["UMask"] == "0027"
@@ -84,7 +87,7 @@ def test_macos_plists() -> None:
     daemon = plistlib.loads(plan.file("org.officegrid.worker.plist").content.encode())
     assert daemon["Label"] == "org.officegrid.worker" and daemon["UserName"] == "_officegrid"
     assert daemon["ProgramArguments"][:4] == [*CMD, "worker"]
-    assert daemon["ProgramArguments"][-2:] == ["--policy", "desktop"]
+    assert "--policy" not in daemon["ProgramArguments"]
     assert daemon["KeepAlive"] == {"SuccessfulExit": False} and daemon["LowPriorityIO"]
     agent = plistlib.loads(plan.file("org.officegrid.idle-reporter.plist").content.encode())
     assert agent["ProgramArguments"][3] == "idle-reporter" and agent["RunAtLoad"]
@@ -105,8 +108,7 @@ def test_windows_task_and_run_key() -> None:
     assert task.find("t:Settings/t:Priority", NS).text == "7"
     assert task.find("t:Actions/t:Exec/t:Command", NS).text == exe
     args = task.find("t:Actions/t:Exec/t:Arguments", NS).text
-    assert args == r"-m officegrid worker --work-dir C:\ProgramData\officegrid\worker " \
-                   "--policy desktop"
+    assert args == r"-m officegrid worker --work-dir C:\ProgramData\officegrid\worker"
     reg = next(c for c in plan.commands if c[0] == "reg")
     assert reg[2] == service.WIN_RUN_KEY and reg[4] == "officegrid-idle-reporter"
     assert reg[8] == (f'"{exe}" -m officegrid idle-reporter --work-dir '
@@ -162,7 +164,7 @@ def test_dry_run_touches_nothing(tmp_path: Path) -> None:
 
 
 def test_cli_install_and_uninstall_under_root(tmp_path: Path) -> None:
-    env = dict(os.environ, OFFICEGRID_CONFIG=str(tmp_path / "none.toml"))
+    env = dict(os.environ, OFFICEGRID_CONFIG=os.devnull)
     root = tmp_path / "root"
     out = subprocess.run([sys.executable, "-m", "officegrid", "worker", "install", "--server",
                           "http://127.0.0.1:8765", "--root", str(root)],

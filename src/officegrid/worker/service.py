@@ -119,10 +119,12 @@ def _toml_str(s: str) -> str:
 # ------------------------------------------------------------------------------------ Linux
 
 
-def systemd_unit(command: list[str], work_dir: PurePath, config: PurePath, policy: str,
+def systemd_unit(command: list[str], work_dir: PurePath, config: PurePath,
                  user: str = SERVICE_USER) -> str:
-    """The systemd system unit text of the worker agent."""
-    exec_start = shlex.join([*command, "worker", "--work-dir", str(work_dir), "--policy", policy])
+    """The systemd system unit text of the worker agent. The policy preset lives in ``config``
+    (``[policy] preset``), not on the command line: a flag would override the file's preset,
+    which is the place the operator is invited to edit."""
+    exec_start = shlex.join([*command, "worker", "--work-dir", str(work_dir)])
     under_home = any(str(command[0]).startswith(p) for p in ("/home/", "/root/"))
     hardening = [
         "NoNewPrivileges=yes",
@@ -199,7 +201,7 @@ def _plan_linux(command: list[str], server: str, enroll: str | None, policy: str
     p.dirs += [(config.parent, 0o755), (work_dir.parent, 0o755), (work_dir, WORK_DIR_MODE),
                (work_dir / "sessions", 0o1777)]
     p.files += [PlannedFile(config, _config_text(server, enroll, policy), 0o640),
-                PlannedFile(unit, systemd_unit(command, work_dir, config, policy), 0o644),
+                PlannedFile(unit, systemd_unit(command, work_dir, config), 0o644),
                 PlannedFile(autostart, xdg_autostart(command, work_dir), 0o644)]
     p.commands += [
         ["chown", f"root:{SERVICE_USER}", str(config)],
@@ -223,14 +225,12 @@ def _plan_linux(command: list[str], server: str, enroll: str | None, policy: str
 # ------------------------------------------------------------------------------------ macOS
 
 
-def launchd_daemon(command: list[str], work_dir: PurePath, config: PurePath,
-                   policy: str) -> str:
+def launchd_daemon(command: list[str], work_dir: PurePath, config: PurePath) -> str:
     """The LaunchDaemon plist of the worker agent."""
     log_dir = PurePosixPath("/Library/Logs/officegrid")
     return plistlib.dumps({
         "Label": MAC_DAEMON,
-        "ProgramArguments": [*command, "worker", "--work-dir", str(work_dir),
-                             "--policy", policy],
+        "ProgramArguments": [*command, "worker", "--work-dir", str(work_dir)],
         "UserName": MAC_USER,
         "Umask": SERVICE_UMASK,
         "EnvironmentVariables": {"OFFICEGRID_CONFIG": str(config)},
@@ -271,7 +271,7 @@ def _plan_macos(command: list[str], server: str, enroll: str | None, policy: str
     p.dirs += [(config.parent, 0o755), (work_dir, WORK_DIR_MODE),
                (work_dir / "sessions", 0o1777), (PurePosixPath("/Library/Logs/officegrid"), 0o755)]
     p.files += [PlannedFile(config, _config_text(server, enroll, policy), 0o640),
-                PlannedFile(daemon, launchd_daemon(command, work_dir, config, policy), 0o644),
+                PlannedFile(daemon, launchd_daemon(command, work_dir, config), 0o644),
                 PlannedFile(agent, launchd_agent(command, work_dir), 0o644)]
     p.commands += [
         ["chown", f"root:{MAC_USER}", str(config)],
@@ -286,11 +286,9 @@ def _plan_macos(command: list[str], server: str, enroll: str | None, policy: str
 # ---------------------------------------------------------------------------------- Windows
 
 
-def windows_task_xml(command: list[str], work_dir: PurePath, config: PurePath,
-                     policy: str) -> str:
+def windows_task_xml(command: list[str], work_dir: PurePath, config: PurePath) -> str:
     """Task Scheduler XML: start at boot as LOCAL SERVICE, below normal priority, no limit."""
-    args = subprocess.list2cmdline([*command[1:], "worker", "--work-dir", str(work_dir),
-                                    "--policy", policy])
+    args = subprocess.list2cmdline([*command[1:], "worker", "--work-dir", str(work_dir)])
     exe = command[0]
     return f"""<?xml version="1.0" encoding="UTF-16"?>
 <Task version="1.2" xmlns="http://schemas.microsoft.com/windows/2004/02/mit/task">
@@ -334,7 +332,7 @@ def _plan_windows(command: list[str], server: str, enroll: str | None, policy: s
     task = base / "worker-task.xml"
     p.dirs += [(base, None), (work_dir, None), (work_dir / "sessions", None)]
     p.files += [PlannedFile(config, _config_text(server, enroll, policy), None),
-                PlannedFile(task, windows_task_xml(command, work_dir, config, policy), None)]
+                PlannedFile(task, windows_task_xml(command, work_dir, config), None)]
     reporter = subprocess.list2cmdline([*command, "idle-reporter", "--work-dir", str(work_dir)])
     p.commands += [
         # LOCAL SERVICE (S-1-5-19) owns the work dir. In sessions\ Users (S-1-5-32-545) may
