@@ -291,8 +291,11 @@ def test_vacate_kills_a_unit_that_ignores_the_stop_request(grid, tmp_path):
         _type_until(display, lambda: not _alive(runner) and not _alive(child), 60,
                     "the stuck tree killed on vacate")
         (unit,) = grid.admin.units(job["id"])  # record 2 never finished: nothing to split
+        # The tree is gone before the agent's vacate report reaches the server: await it.
+        wait_for(lambda: grid.admin.attempts(unit_id=unit["id"])[0]["state"] == "vacated", 60,
+                 what="the attempt reported vacated")
+        (unit,) = grid.admin.units(job["id"])
         assert unit["state"] in ("queued", "leased") and unit["failures"] == 0
-        assert grid.admin.attempts(unit_id=unit["id"])[0]["state"] == "vacated"
 
 
 # ------------------------------------------------------------- exactly once: split vs. completion
