@@ -83,6 +83,19 @@ def test_create_and_pull_equals_master(mgrid, cli) -> None:
     # A second pull only tails (nothing to do): no second snapshot.
     again = pull(cli, "basic")
     assert again["stats"]["bootstraps"] == 0 and again["pos"] == got["pos"]
+    # Never onto something else: another source's replica, a plain database, a text file.
+    create(cli, "other", 10)
+    before = (cli.cwd / "replica.sqlite").read_bytes()
+    res = cli("data", "pull", "other", "--to", "replica.sqlite")
+    assert res.returncode != 0 and "is a replica of data source 'basic'" in res.stderr, res
+    assert "Traceback" not in res.stderr and (cli.cwd / "replica.sqlite").read_bytes() == before
+    sqlite3.connect(cli.cwd / "mine.sqlite").execute("CREATE TABLE t (x)").connection.commit()
+    res = cli("data", "pull", "basic", "--to", "mine.sqlite")
+    assert res.returncode != 0 and "not a replica made by" in res.stderr, res
+    (cli.cwd / "notes.csv").write_text("a,b\n")
+    res = cli("data", "pull", "basic", "--to", "notes.csv")
+    assert res.returncode != 0 and "is not a SQLite database" in res.stderr, res
+    assert (cli.cwd / "notes.csv").read_text() == "a,b\n"
 
 
 def test_bad_input_names_file_and_line_and_creates_nothing(cli) -> None:

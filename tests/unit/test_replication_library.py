@@ -204,6 +204,27 @@ def test_destructive_schema_change_starts_new_epoch(tmp_path: Path) -> None:
     assert "city" not in cols and "town" in cols
 
 
+def test_drop_column_through_data_sql_starts_a_new_epoch(tmp_path: Path) -> None:
+    """SQLite refuses to drop a column a trigger names: the capture triggers are set aside for
+    the statement and reinstalled for the new columns (trial: it always failed before)."""
+    svc = make_source(tmp_path, 100)
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    e0 = rep.position().epoch
+    m = master.connect(svc.path)
+    master.execute_sql(m, 'ALTER TABLE "people" DROP COLUMN score')
+    res = svc.poll(force=True)
+    assert res["epoch_reason"]
+    m.execute("UPDATE people SET name='after the drop' WHERE id=1")  # still captured
+    rep.catch_up()
+    assert rep.position().epoch != e0
+    assert equal(rep, svc)
+    cols = [r[1] for r in sqlite3.connect(rep.path).execute("PRAGMA table_info(people)")]
+    assert "score" not in cols
+    with pytest.raises(DataSourceError, match="SQL failed"):  # the key cannot go
+        master.execute_sql(m, "ALTER TABLE people DROP COLUMN id")
+
+
 def test_triggers_dropped_by_table_rebuild_are_detected_and_reconciled(tmp_path: Path) -> None:
     svc = make_source(tmp_path, 500)
     rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))

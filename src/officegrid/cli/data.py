@@ -201,8 +201,9 @@ def pull(
     """Keep a local read-only replica FILE of NAME: bootstrap, tail, repair; prints the
     position."""
     from officegrid.sync.replication.remote import HttpRemote
-    from officegrid.sync.replication.replica import Replica
+    from officegrid.sync.replication.replica import Replica, check_target
 
+    check_target(to, name)
     throttle = None
     if max_bandwidth:
         from officegrid.sync.bandwidth import TokenBucket, parse_rate

@@ -292,17 +292,43 @@ def delete_keys(conn: sqlite3.Connection, table: str | None, keys: list[list[Any
     return n
 
 
+_DROP_COLUMN = re.compile(r"\s*ALTER\s+TABLE\s+(?P<t>\"(?:[^\"]|\"\")+\"|`[^`]+`|\[[^\]]+\]|\S+)"
+                          r"\s+DROP\s+(?:COLUMN\s+)?", re.IGNORECASE)
+
+
+def _unquote(name: str) -> str:
+    if name[:1] == '"' and name[-1:] == '"':
+        return name[1:-1].replace('""', '"')
+    if name[:1] in "`[" and name[-1:] in "`]":
+        return name[1:-1]
+    return name
+
+
 def execute_sql(conn: sqlite3.Connection, statement: str) -> int:
     """Run one SQL statement in a write transaction; refuse (and roll back) if it leaves a table
     without a primary key. Returns the rows changed.
 
+    ``ALTER TABLE t DROP COLUMN c``: SQLite refuses to drop a column a trigger names, and the
+    capture triggers name every column; they are dropped first and reinstalled for the new
+    columns in the same transaction (the next poll sees a destructive change: a new epoch).
+
     Raises:
         DataSourceError: the statement failed or would leave a table without a key.
     """
+    drop = _DROP_COLUMN.match(statement)
     try:
         with write_tx(conn):
+            if drop:
+                table = _unquote(drop.group("t"))
+                for (name,) in conn.execute(
+                        "SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name=? "
+                        "AND name LIKE '\\_og\\_%' ESCAPE '\\'", (table,)).fetchall():
+                    conn.execute(f"DROP TRIGGER {qi(name)}")
             n = conn.execute(statement).rowcount
-            require_keys(describe(conn))
+            desc = describe(conn)
+            require_keys(desc)
+            if drop and table in desc["tables"]:
+                capture.install(conn, table, desc["tables"][table])
     except sqlite3.Error as exc:
         raise DataSourceError(f"SQL failed: {exc}") from None
     return max(n, 0)

@@ -26,7 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from officegrid.sync.replication import apply, merkle, schema, snapshot
-from officegrid.sync.replication.errors import ChainBroken, NeedsRepair, ReplicaDiskFull
+from officegrid.sync.replication.errors import (
+    ChainBroken,
+    DataSourceError,
+    NeedsRepair,
+    ReplicaDiskFull,
+)
 from officegrid.sync.replication.schema import qi
 
 log = logging.getLogger("officegrid.replica")
@@ -45,6 +50,37 @@ class Stats:
     snapshot_resumed_at: int = 0
     repair_bytes: int = 0
     last_repair: dict[str, Any] = field(default_factory=dict)
+
+
+def check_target(path: str | Path, source: str) -> None:
+    """Refuse to make ``path`` a replica of ``source`` when it holds something else: a file that
+    is not SQLite, a SQLite database that is not a replica (someone's data), or a replica of
+    another source (it would be silently repaired into this one).
+
+    Raises:
+        DataSourceError: naming the file and what it holds.
+    """
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as fh:
+        if fh.read(16) != b"SQLite format 3\x00":
+            raise DataSourceError(f"{path}: exists and is not a SQLite database; refusing to "
+                                  "replace it (give another --to)")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        pos = apply.position(conn)
+    except sqlite3.Error as exc:
+        raise DataSourceError(f"{path}: cannot read it as a replica: {exc}") from None
+    finally:
+        conn.close()
+    if pos is None:
+        raise DataSourceError(f"{path}: is a SQLite database that is not a replica made by "
+                              "`officegrid data pull`; refusing to replace it (give another "
+                              "--to)")
+    if pos.source and pos.source != source:
+        raise DataSourceError(f"{path}: is a replica of data source {pos.source!r}, not "
+                              f"{source!r} (give another --to)")
 
 
 class Replica:
