@@ -26,13 +26,23 @@ class KeyValueFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+#: Loggers whose INFO lines are rare events worth keeping even at the default level: the owner
+#: policy's suspend / resume / vacate decisions answer "why did my unit stop?" afterwards.
+EVENT_LOGGERS = ("officegrid.worker.owner",)
+
+
 def setup(level: str | int | None = None, stream=None) -> None:
-    """Configure the root logger once for a process (CLI, server or worker)."""
-    level = level or os.environ.get("OFFICEGRID_LOG_LEVEL", "WARNING")
+    """Configure the root logger once for a process (CLI, server or worker): WARNING by default
+    (``OFFICEGRID_LOG_LEVEL``), plus INFO of :data:`EVENT_LOGGERS`."""
+    explicit = level or os.environ.get("OFFICEGRID_LOG_LEVEL")
+    level = explicit or "WARNING"
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if isinstance(level, int) else level.upper())
+    if not explicit:
+        for name in EVENT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
     for noisy in ("httpx", "httpcore", "uvicorn.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

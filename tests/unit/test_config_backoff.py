@@ -64,3 +64,25 @@ def test_a_misspelt_table_or_a_missing_named_file_is_refused(tmp_path, monkeypat
     monkeypatch.delenv("OFFICEGRID_CONFIG")
     monkeypatch.chdir(tmp_path / "..")
     assert load(WorkerSettings, "worker").slots == 1  # no officegrid.toml here: defaults
+
+
+def test_owner_policy_events_are_logged_by_default_and_the_rest_stays_quiet(monkeypatch):
+    import io
+    import logging
+
+    from officegrid import logs
+
+    monkeypatch.delenv("OFFICEGRID_LOG_LEVEL", raising=False)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    out = io.StringIO()
+    logs.setup(stream=out)
+    try:
+        logging.getLogger("officegrid.worker.owner").info("suspending unit 7: input")
+        logging.getLogger("officegrid.worker").info("chatty detail")
+        text = out.getvalue()
+        assert "suspending unit 7" in text and "chatty detail" not in text
+    finally:
+        logging.getLogger("officegrid.worker.owner").setLevel(logging.NOTSET)
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
