@@ -33,6 +33,8 @@ PG_URL = os.environ.get("OFFICEGRID_BENCH_PG_URL",
 
 _PROCS: list[subprocess.Popen] = []
 
+sys.path.insert(0, str(ROOT / "tests"))
+from grid import wait_for as _grid_wait_for  # noqa: E402  (tests/grid.py)
 
 # ----------------------------------------------------------------------------- processes
 
@@ -77,15 +79,9 @@ def install_signal_handlers() -> None:
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``cond`` until truthy; raise TimeoutError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """``tests/grid.py``'s ``wait_for`` with the benchmarks' argument order: poll ``cond``
+    every ``interval`` seconds until truthy; raise TimeoutError after ``timeout`` seconds."""
+    return _grid_wait_for(cond, timeout, interval=interval, what=what)
 
 
 class Server:

@@ -340,6 +340,22 @@ def pins_from_report(data: dict, source: str) -> dict[str, tuple[str, list[str]]
     return pins
 
 
+def _run_resolver(cmd: list[str], cwd: Path, wheelhouse: Path | None,
+                  cannot: str) -> subprocess.CompletedProcess[str]:
+    """Run a resolver command (offline against ``wheelhouse`` when given).
+
+    Raises:
+        LockError: ``cannot: <why>`` when it could not be run or timed out.
+    """
+    if wheelhouse is not None:
+        cmd = [*cmd, "--no-index", "--find-links", str(wheelhouse)]
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
+                              timeout=RESOLVE_TIMEOUT, env=_installer_env(wheelhouse is not None))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LockError(f"{cannot}: {exc}") from None
+
+
 def _resolve_pip(req_file: Path, cwd: Path, python: str, wheelhouse: Path | None,
                  source: str) -> dict[str, tuple[str, list[str]]]:
     with tempfile.TemporaryDirectory(prefix="og-lock-") as tmp:
@@ -347,14 +363,7 @@ def _resolve_pip(req_file: Path, cwd: Path, python: str, wheelhouse: Path | None
         cmd = [python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
                "--disable-pip-version-check", "--no-input", "--report", str(report),
                "-r", str(req_file)]
-        if wheelhouse is not None:
-            cmd += ["--no-index", "--find-links", str(wheelhouse)]
-        try:
-            res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                                 timeout=RESOLVE_TIMEOUT,
-                                 env=_installer_env(wheelhouse is not None))
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise LockError(f"{source}: cannot run pip with {python}: {exc}") from None
+        res = _run_resolver(cmd, cwd, wheelhouse, f"{source}: cannot run pip with {python}")
         if res.returncode != 0 or not report.exists():
             raise _fail(source, res.stderr + res.stdout, _NO_MATCH_RE, wheelhouse)
         data = json.loads(report.read_text())
@@ -367,14 +376,7 @@ def _resolve_uv(uv: str, req_file: Path, cwd: Path, python: str, wheelhouse: Pat
         out = Path(tmp) / "lock.txt"
         cmd = [uv, "pip", "compile", "--generate-hashes", "--no-header", "--quiet",
                "--python", python, "-o", str(out), str(req_file)]
-        if wheelhouse is not None:
-            cmd += ["--no-index", "--find-links", str(wheelhouse)]
-        try:
-            res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                                 timeout=RESOLVE_TIMEOUT,
-                                 env=_installer_env(wheelhouse is not None))
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise LockError(f"{source}: cannot run uv: {exc}") from None
+        res = _run_resolver(cmd, cwd, wheelhouse, f"{source}: cannot run uv")
         if res.returncode != 0 or not out.exists():
             raise _fail(source, res.stderr + res.stdout, _UV_NO_MATCH_RE, wheelhouse)
         return parse_lock(out.read_text(), where=f"uv output for {source}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from officegrid.cas import BlobError, ContentStore
-from officegrid.sync.manifest import ManifestError, parse_manifest
+from officegrid.sync.manifest import Entry, ManifestError, parse_manifest, tree_blobs
 
 
 class ReleaseIncomplete(Exception):
@@ -22,28 +22,22 @@ def release_blobs(blobs: ContentStore, root: str) -> set[str]:
     """
     seen: set[str] = set()
     missing: list[str] = []
-    stack = [(root, "/")]
-    while stack:
-        digest, where = stack.pop()
-        seen.add(digest)
+
+    def entries_of(digest: str, where: str) -> list[Entry] | None:
         try:
             data = blobs.read(digest)
         except BlobError:
             missing.append(f"manifest of {where}")
-            continue
+            return None
         try:
-            entries = parse_manifest(data, where=where)
+            return parse_manifest(data, where=where)
         except ManifestError as exc:
             raise ValueError(str(exc)) from exc
-        for e in entries:
-            if e.type == "dir":
-                stack.append((e.hash, where.rstrip("/") + "/" + e.name))
-            else:
-                for chunk, _size in e.chunks:
-                    if chunk not in seen:
-                        seen.add(chunk)
-                        if not blobs.has(chunk):
-                            missing.append(f"{where.rstrip('/')}/{e.name}")
+
+    for kind, digest, where in tree_blobs(root, entries_of):
+        seen.add(digest)
+        if kind == "chunk" and not blobs.has(digest):
+            missing.append(where)
     if missing:
         raise ReleaseIncomplete(
             f"release {root[:12]} is incomplete: {len(missing)} blob(s) missing, "

@@ -343,6 +343,31 @@ def walk(
         stack.extend(reversed(subdirs))
 
 
+def tree_blobs(root_hash: str, entries_of: Callable[[str, str], list[Entry] | None]
+               ) -> Iterator[tuple[str, str, str]]:
+    """Every blob a release references, each once: ``(kind, hash, where)`` with kind
+    ``"manifest"`` (where: its directory, ``/``-rooted) or ``"chunk"`` (where: its file).
+
+    ``entries_of(hash, where)`` returns a manifest's parsed entries, or None to skip that
+    subtree (missing or unreadable; the caller decides whether that is an error). Shared by the
+    server's publish check and the worker's cache bound.
+    """
+    seen: set[str] = set()
+    stack = [(root_hash, "/")]
+    while stack:
+        digest, where = stack.pop()
+        seen.add(digest)
+        yield "manifest", digest, where
+        for e in entries_of(digest, where) or []:
+            if isinstance(e, DirEntry):
+                stack.append((e.hash, where.rstrip("/") + "/" + e.name))
+                continue
+            for chunk, _size in e.chunks:
+                if chunk not in seen:
+                    seen.add(chunk)
+                    yield "chunk", chunk, f"{where.rstrip('/')}/{e.name}"
+
+
 @dataclass
 class Diff:
     """What differs between two releases.

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from officegrid.cas import BlobError, ContentStore
-from officegrid.sync.manifest import ManifestError, parse_manifest
+from officegrid.sync.manifest import Entry, ManifestError, parse_manifest, tree_blobs
 
 if TYPE_CHECKING:
     from officegrid.envs.build import EnvBuilder
@@ -20,21 +20,14 @@ log = logging.getLogger("officegrid.worker.cache")
 
 def _release_blobs(cache: ContentStore, release_id: str) -> set[str]:
     """Every manifest and chunk of a release, from the cached manifests (best effort)."""
-    out: set[str] = set()
-    stack = [release_id]
-    while stack:
-        digest = stack.pop()
-        out.add(digest)
+
+    def entries_of(digest: str, where: str) -> list[Entry] | None:
         try:
-            entries = parse_manifest(cache.read(digest), where=digest[:12])
+            return parse_manifest(cache.read(digest), where=where)
         except (BlobError, ManifestError):
-            continue
-        for e in entries:
-            if e.type == "dir":
-                stack.append(e.hash)
-            else:
-                out.update(h for h, _ in e.chunks)
-    return out
+            return None
+
+    return {digest for _kind, digest, _where in tree_blobs(release_id, entries_of)}
 
 
 def prune_worker_cache(releases_dir: Path, cache: ContentStore, in_use: set[str],
