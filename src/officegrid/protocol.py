@@ -141,6 +141,10 @@ class WorkerResources(Model):
                                 "environment is built here (releases with a lock)")
     fetch_allowed: bool = Field(True, description="False outside the worker's transfer window: "
                                 "only releases already cached may be leased")
+    data: dict[str, list[Any]] = Field(
+        default_factory=dict, description="data source -> [epoch, position] of each replica the "
+        "worker follows; units of jobs needing a newer position are held back (see "
+        "LeaseResponse.replicate)")
 
 
 class SessionRequest(Model):
@@ -422,6 +426,9 @@ class LeaseResponse(Model):
     reason: str | None = Field(None, description="why no work was given")
     prepare: list[str] = Field(default_factory=list, description="release ids to get ready "
                                "(materialize and build the environment) before leasing them")
+    replicate: dict[str, int] = Field(
+        default_factory=dict, description="data source -> position the worker's replica must "
+        "reach before units of jobs that need it are leased (follow it, then ask again)")
 
 
 class Heartbeat(Model):

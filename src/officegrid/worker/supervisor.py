@@ -159,7 +159,8 @@ class Agent:
             broken_releases=sorted(set(self.broken_releases)
                                    | set(self.envs.broken() if self.envs else ())),
             prepared=self.envs.prepared_list() if self.envs else [],
-            fetch_allowed=self._fetch_allowed())
+            fetch_allowed=self._fetch_allowed(),
+            data=self.replicas.positions() if self.replicas is not None else {})
 
     def _fetch_allowed(self) -> bool:
         """True inside the transfer window (or without one): release fetches may start.
@@ -372,8 +373,10 @@ class Agent:
                     continue
                 if res.prepare and self.envs is not None:
                     self.envs.request(res.prepare)  # built in the background, then leased
+                # Replicas the server waits for are caught up in the background.
+                cannot = self._follow_data(list(res.replicate)) if res.replicate else None
                 if not res.leases:
-                    self.state_reason = res.reason
+                    self.state_reason = cannot or res.reason
                     self.draining = bool(res.reason and res.reason.startswith("draining"))
                     self.stopping.wait(self.backoff.jitter(res.retry_after or 1.0, 0.5))
                     continue
@@ -576,11 +579,8 @@ class Agent:
                                         attempt_dir)
         return self._complete(ru, attempt_dir, logs)
 
-    def _replica_paths(self, lease: p.Lease) -> dict[str, str]:
-        """The unit's data sources as local replicas, caught up to the positions the job
-        requires (the master's head at submit); they keep trickling in the background."""
-        if not lease.data:
-            return {}
+    def _replica_set(self) -> Any:
+        """The agent's replicas (``sync.replication.fleet.ReplicaSet``), made on first use."""
         from officegrid.sync.replication.fleet import ReplicaSet
         from officegrid.sync.replication.remote import HttpRemote
 
@@ -591,9 +591,34 @@ class Agent:
                     self.work_dir / "data", lambda name: HttpRemote(client, name),
                     replica_name=self.ident.name,
                     throttle=self.bandwidth.consume if self.bandwidth else None)
+            return self.replicas
+
+    def _follow_data(self, names: list[str]) -> str | None:
+        """Start following ``names`` (the server holds back units needing newer replicas and
+        says which; each follower thread catches up in the background, and the next lease
+        request reports its position). Returns why a replica cannot be taken (too little free
+        disk, the server refused), for the worker's state; the job's units then stay with
+        other workers. None when all are followed."""
+        from officegrid.sync.replication.errors import DataSourceError
+
+        try:
+            self._replica_set().ensure(names)
+        except (DataSourceError, ApiError) as exc:
+            log.warning("cannot replicate %s: %s", ", ".join(names), exc)
+            return f"cannot replicate {', '.join(names)}: {exc}"
+        return None
+
+    def _replica_paths(self, lease: p.Lease) -> dict[str, str]:
+        """The unit's data sources as local replicas, at least at the positions the job
+        requires (the master's head at submit; the server leases only once the replicas
+        reported them, so this normally returns at once); they keep trickling in the
+        background."""
+        if not lease.data:
+            return {}
+        replicas = self._replica_set()
         for name, (_epoch, pos) in lease.data.items():
-            self.replicas.catch_up(name, int(pos))
-        return {name: str(self.replicas.path(name)) for name in lease.data}
+            replicas.catch_up(name, int(pos))
+        return {name: str(replicas.path(name)) for name in lease.data}
 
     @staticmethod
     def _on_message(ru: RunningUnit, msg: dict, final: dict | None,

@@ -67,6 +67,7 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
     skip = frozenset(body.resources.broken_releases)
     resources = body.resources.model_dump()
     held: dict[str, str] = {}  # release -> "prepare" | "window" (see units_q.claim)
+    behind: dict[str, int] = {}  # data source -> position to replicate to (see units_q.claim)
 
     def try_claim():
         now = ctx.now()
@@ -80,10 +81,12 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
                 return [], ("sidelined: failed many units of different jobs in a row; "
                             f"no work for {row['sidelined_until'] - now:.0f}s")
             held.clear()
+            behind.clear()
             leases = units_q.claim(conn, w["id"], body.max_units, now, ctx.policy, skip,
                                    skip_locked=not ctx.db.is_sqlite,
-                                   **_claim_filters(body.resources), held_back=held)
-            return leases, _held_reason(held)
+                                   **_claim_filters(body.resources), held_back=held,
+                                   behind=behind)
+            return leases, _held_reason(held, behind)
 
     first = True
     while True:
@@ -96,7 +99,7 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
         first = False
         if leases:
             return p.LeaseResponse(leases=[p.Lease(**x) for x in leases],
-                                   prepare=_to_prepare(held))
+                                   prepare=_to_prepare(held), replicate=dict(behind))
         remaining = deadline - asyncio.get_running_loop().time()
         stopping = ctx.shutting_down is not None and ctx.shutting_down()
         if reason or remaining <= 0 or stopping or await request.is_disconnected():
@@ -107,32 +110,36 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
         retry = s.idle_retry_after
     elif reason.startswith("draining"):
         retry = min(s.heartbeat_interval, 3.0)  # so that `drain --undo` takes effect soon
-    elif reason.startswith("preparing"):
-        retry = min(s.heartbeat_interval, 1.0)  # the worker asks again once its env is built
+    elif reason.startswith(("preparing", "replicating")):
+        retry = min(s.heartbeat_interval, 1.0)  # asks again once its env / replica is ready
     elif reason.startswith("outside transfer window"):
         retry = s.idle_retry_after
     else:
         retry = min(s.sideline_seconds, 60.0)
     response.headers[p.RETRY_AFTER] = f"{retry:g}"
     return p.LeaseResponse(leases=[], retry_after=retry, reason=reason or "no work",
-                           prepare=_to_prepare(held))
+                           prepare=_to_prepare(held), replicate=dict(behind))
 
 
 def _claim_filters(res: p.WorkerResources) -> dict:
     """The claim's hold-back filters from what the worker reports (see units_q.claim)."""
     return {"prepared": frozenset(res.prepared),
-            "cached": None if res.fetch_allowed else frozenset(res.releases)}
+            "cached": None if res.fetch_allowed else frozenset(res.releases),
+            "data": {name: int(at[1]) for name, at in res.data.items()}}
 
 
 def _to_prepare(held: dict[str, str]) -> list[str]:
     return sorted(r for r, why in held.items() if why == "prepare")
 
 
-def _held_reason(held: dict[str, str]) -> str | None:
+def _held_reason(held: dict[str, str], behind: dict[str, int]) -> str | None:
     """Why no unit was leased when some were held back (None: nothing held back)."""
     prep = _to_prepare(held)
     if prep:
         return "preparing environment for release " + ", ".join(r[:12] for r in prep)
+    if behind:
+        return "replicating data source " + ", ".join(
+            f"{name} to position {pos}" for name, pos in sorted(behind.items()))
     if held:
         return "outside transfer window"
     return None

@@ -118,7 +118,8 @@ def _release_env(conn: Connection, release: str, cache: dict[str, str | None]) -
 def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
           skip_releases: frozenset[str] = frozenset(), skip_locked: bool = False, *,
           prepared: frozenset[str] | None = None, cached: frozenset[str] | None = None,
-          held_back: dict[str, str] | None = None) -> list[dict[str, Any]]:
+          held_back: dict[str, str] | None = None, data: dict[str, int] | None = None,
+          behind: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Lease up to ``n`` queued units to ``worker_id`` (queued → leased); return Lease dicts.
 
     Order: job priority (high first), then job id, then unit sequence. Units this worker already
@@ -131,9 +132,29 @@ def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
     worker is outside its transfer window), releases not in it; with ``prepared`` (the worker
     reports which environments it built), releases that have an environment (``releases.env``)
     not in it. ``held_back`` (if given) receives release id -> ``"window"`` or ``"prepare"``
-    for each release held back; the worker should prepare the latter and ask again.
+    for each release held back; the worker should prepare the latter and ask again. With
+    ``data`` (data source -> position of the worker's replica), jobs whose required position
+    (``jobs.data``, the master's head at submit) is newer than the worker's replica, or that
+    need a source it does not follow; ``behind`` (if given) receives source -> the position to
+    reach, so the worker catches up before it holds a lease, not while the lease runs.
     """
     env_cache: dict[str, str | None] = {}
+
+    def lacks_data(job_data: str | None) -> dict[str, int]:
+        """Sources (-> required position) this worker's replicas do not reach yet."""
+        if data is None or not job_data:
+            return {}
+        return {name: int(req[1]) for name, req in _data_required(job_data).items()
+                if data.get(name, -1) < int(req[1])}
+
+    def hold_job(job: Any) -> bool:
+        need = lacks_data(job.data)
+        if need and behind is not None and conn.execute(
+                select(units.c.id).where(units.c.job_id == job.id, units.c.state == "queued")
+                .limit(1)).first() is not None:
+            for name, pos in need.items():  # only jobs with queued units make it replicate
+                behind[name] = max(pos, behind.get(name, pos))
+        return bool(need)
 
     def hold(release: str) -> str | None:
         if cached is not None and release not in cached:
@@ -156,6 +177,7 @@ def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
                                  attempts.c.state == "failed")
     leases: list[dict[str, Any]] = []
     channel_cache: dict[str, str | None] = {}
+    running = [job for job in running if not hold_job(job)]
     for avoid_failed in (True, False):
         for job in running:
             if len(leases) >= n:
@@ -189,7 +211,8 @@ def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
             break
     if not leases:
         spec = claim_speculative(conn, worker_id, now, policy, skip_locked,
-                                 allow=lambda r: r not in skip_releases and not hold(r))
+                                 allow=lambda r, d: (r not in skip_releases and not hold(r)
+                                                     and not lacks_data(d)))
         if spec:
             leases.append(spec)
     return leases
@@ -205,15 +228,16 @@ def has_queued(conn: Connection) -> bool:
 
 
 def claim_speculative(conn: Connection, worker_id: int, now: float, policy: Policy,
-                      skip_locked: bool = False, allow: Callable[[str], bool] | None = None
+                      skip_locked: bool = False,
+                      allow: Callable[[str, str | None], bool] | None = None
                       ) -> dict[str, Any] | None:
     """Near a job's end, give an idle worker a second copy of its oldest slow unit.
 
     Eligible: a leased unit of a running job with no queued units left, leased longer than
     ``speculative_after`` seconds ago, with exactly one active attempt, never tried by this
     worker. The copy runs the release of the running attempt; the first completion wins.
-    ``allow`` (release id -> bool) can refuse the copy's release (e.g. its environment is not
-    built on this worker).
+    ``allow`` ((release id, the job's data requirement) -> bool) can refuse the copy (e.g. its
+    release's environment is not built on this worker, or its replicas are behind).
     """
     a2 = attempts.alias("a2")
     u2 = units.alias("u2")
@@ -244,7 +268,7 @@ def claim_speculative(conn: Connection, worker_id: int, now: float, policy: Poli
         select(attempts.c.release_id)
         .where(attempts.c.unit_id == row.id, attempts.c.state == "active")
     ).scalar_one()
-    if allow is not None and not allow(release):
+    if allow is not None and not allow(release, row.data):
         return None
     attempt_id = _insert_attempt(conn, row.id, worker_id, release, now, policy, True)
     return _lease(row, row.entry, attempt_id, release, now, policy, speculative=True,

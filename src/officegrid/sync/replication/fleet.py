@@ -34,6 +34,9 @@ class _Follower:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.error: str | None = None
+        # [epoch, pos] after the last step, read without the lock (a bootstrap holds it for the
+        # whole download, and lease requests must not wait for that).
+        self.at: list[Any] | None = self._position()
         self.interval = interval
         self.jitter = jitter
         self.thread = threading.Thread(target=self._run, daemon=True,
@@ -46,6 +49,7 @@ class _Follower:
             try:
                 with self.lock:
                     what = self.replica.step()
+                    self.at = self._position()
                 self.error, failures = None, 0
             except Exception as exc:  # noqa: BLE001 - keep following; report the error
                 failures += 1
@@ -55,6 +59,10 @@ class _Follower:
                 continue
             if what == "idle":
                 self.stop.wait(self.interval * (1 + random.uniform(-self.jitter, self.jitter)))
+
+    def _position(self) -> list[Any] | None:
+        pos = self.replica.position()
+        return None if pos is None else [pos.epoch, pos.pos]
 
 
 class ReplicaSet:
@@ -118,14 +126,9 @@ class ReplicaSet:
                 f.thread.start()
 
     def positions(self) -> dict[str, list[Any]]:
-        """``{name: [epoch, pos]}`` of every followed replica that has a position."""
-        out = {}
-        for name, f in list(self._followers.items()):
-            with f.lock:
-                pos = f.replica.position()
-            if pos is not None:
-                out[name] = [pos.epoch, pos.pos]
-        return out
+        """``{name: [epoch, pos]}`` of every followed replica that has a position (as of its
+        last step; never waits for a step in progress)."""
+        return {name: f.at for name, f in list(self._followers.items()) if f.at is not None}
 
     def catch_up(self, name: str, min_pos: int, timeout: float = 300.0) -> list[Any]:
         """Step ``name``'s replica until its position is at least ``min_pos`` (a job's
@@ -143,6 +146,7 @@ class ReplicaSet:
                 if pos is not None and pos.pos >= min_pos:
                     return [pos.epoch, pos.pos]
                 what = f.replica.step()
+                f.at = f._position()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"replica {name!r} did not reach position {min_pos} in "
                                    f"{timeout:.0f}s ({f.error or 'no error'})")

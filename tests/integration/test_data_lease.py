@@ -1,0 +1,96 @@
+"""A lease request carries the worker's replica positions: units of a job that needs a newer
+data position are held back and the worker is told what to replicate, so it catches up before
+it holds a lease (issue 4, item 5). Over real HTTP on SQLite and PostgreSQL, plus one real worker
+process."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from grid import publish, wait_for, write_csv, write_job_module
+from integration.test_leases import SimWorker, make_job, make_release
+from officegrid import protocol as p
+
+
+def make_source(admin, tmp: Path, name: str = "ref") -> dict:
+    db = tmp / f"{name}.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute(f"CREATE TABLE {name} (k INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany(f"INSERT INTO {name} VALUES (?, ?)", [(i, f"v{i}") for i in range(20)])
+    conn.commit()
+    conn.close()
+    return admin.data_create(name, db)
+
+
+def lease_with(w: SimWorker, data: dict) -> p.LeaseResponse:
+    return w.c.lease(p.LeaseRequest(resources=p.WorkerResources(data=data), max_units=1))
+
+
+def test_a_worker_behind_is_told_to_replicate_and_leases_once_it_reports_the_position(
+        any_grid, tmp_path) -> None:
+    admin = any_grid.admin
+    make_release(admin)
+    st = make_source(admin, tmp_path)
+    admin.data_sql("ref", "UPDATE ref SET v = 'changed' WHERE k = 3")
+    head = admin.data_status("ref")
+    assert head["pos"] > st["pos"]
+    job = make_job(admin, units=2, data=["ref"])
+    plain = make_job(admin, units=1)
+    w = SimWorker(any_grid)
+
+    # No replica at all: only the job without data is leased; the answer names the position.
+    res = lease_with(w, {})
+    assert [x.job for x in res.leases] == [plain["id"]]
+    assert res.replicate == {"ref": head["pos"]}
+    res = lease_with(w, {})
+    assert res.leases == [] and res.replicate == {"ref": head["pos"]}
+    assert res.reason == f"replicating data source ref to position {head['pos']}"
+    assert res.retry_after is not None and res.retry_after <= 1.0
+
+    # A replica older than the job's requirement is still held back.
+    res = lease_with(w, {"ref": [head["epoch"], head["pos"] - 1]})
+    assert res.leases == [] and res.replicate == {"ref": head["pos"]}
+
+    # At the position: leased, and the lease says which position it must read at least.
+    res = lease_with(w, {"ref": [head["epoch"], head["pos"]]})
+    assert [x.job for x in res.leases] == [job["id"]] and res.replicate == {}
+    assert res.leases[0].data == {"ref": [head["epoch"], head["pos"]]}
+
+    res = lease_with(w, {"ref": [head["epoch"], head["pos"]]})
+    assert [x.job for x in res.leases] == [job["id"]]  # the second (last) unit
+
+
+LOOKUP = '''
+def process(record, ctx):
+    k = int(record["value"])
+    row = ctx.data("ref").execute("SELECT v FROM ref WHERE k = ?", (k,)).fetchone()
+    return {"k": k, "v": row[0] if row else None}
+'''
+
+
+def test_a_real_worker_replicates_before_it_leases(grid, tmp_path) -> None:
+    """The worker's first lease request is answered "replicate"; its follower catches up in
+    the background, and units are leased once its lease requests report the job's position
+    (a worker that did not report it would never get a unit: the job would not finish)."""
+    admin = grid.admin
+    make_source(admin, tmp_path)
+    for i in range(5):
+        admin.data_sql("ref", f"UPDATE ref SET v = 'new{i}' WHERE k = {i}")
+    head = admin.data_status("ref")
+    publish(admin, write_job_module(tmp_path / "code", "lookup", LOOKUP))
+    job = admin.submit("lookup:process", write_csv(tmp_path / "in.csv", 6), key="id",
+                       unit_size=2, data=["ref"])
+    grid.worker("replicator")
+    wait_for(lambda: admin.job(job["id"])["state"] == "done", timeout=120)
+    out = tmp_path / "out.jsonl"
+    admin.export_results(job["id"], out)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 6
+    assert all(r["_data"]["ref"] >= head["pos"] for r in rows), rows
+    assert {r["k"]: r["v"] for r in rows} == {1: "new1", 2: "new2", 3: "new3", 4: "new4",
+                                              5: "v5", 6: "v6"}
+    st = admin.data_status("ref")
+    assert any(r["replica"].startswith("replicator") and r["pos"] >= head["pos"]
+               for r in st["replicas"]), st["replicas"]
