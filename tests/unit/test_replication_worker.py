@@ -104,3 +104,49 @@ def test_runner_context_reads_one_snapshot_per_unit(tmp_path: Path) -> None:
     assert fn({}, ctx) == {"x": 1, "_data": {"people": before}}
     conn.close()
     rep.close()
+
+
+class _CountingRemote:
+    """A LocalRemote that records which calls reach the 'server'."""
+
+    def __init__(self, inner: LocalRemote) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str):
+        fn = getattr(self.inner, name)
+
+        def call(*args, **kw):
+            self.calls.append(name)
+            return fn(*args, **kw)
+        return call
+
+
+def test_closed_transfer_window_fetches_nothing_until_it_opens(tmp_path: Path) -> None:
+    import threading
+
+    svc = make_source(tmp_path, 50)
+    remote = _CountingRemote(LocalRemote(svc))
+    window_open = threading.Event()
+    asked = threading.Semaphore(0)
+
+    def may_transfer() -> bool:
+        asked.release()
+        return window_open.is_set()
+
+    reps = ReplicaSet(tmp_path / "replicas", lambda n: remote, interval=0.02,
+                      may_transfer=may_transfer)
+    try:
+        reps.ensure(["people"])  # the free-disk check asks for the snapshot's size only
+        before = list(remote.calls)
+        for _ in range(5):  # the follower asked the window five times, and it was closed
+            assert asked.acquire(timeout=30)
+        assert remote.calls == before and "snapshot_info" in before
+        assert reps.positions() == {}
+        window_open.set()
+        head = svc.status()["pos"]
+        wait_for(lambda: reps.positions().get("people", [None, -1])[1] == head, 30,
+                 what="the replica to bootstrap once the window opened")
+        assert len(remote.calls) > len(before)
+    finally:
+        reps.close()

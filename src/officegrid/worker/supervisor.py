@@ -590,7 +590,8 @@ class Agent:
                 self.replicas = ReplicaSet(
                     self.work_dir / "data", lambda name: HttpRemote(client, name),
                     replica_name=self.ident.name,
-                    throttle=self.bandwidth.consume if self.bandwidth else None)
+                    throttle=self.bandwidth.consume if self.bandwidth else None,
+                    may_transfer=self._fetch_allowed)
             return self.replicas
 
     def _follow_data(self, names: list[str]) -> str | None:

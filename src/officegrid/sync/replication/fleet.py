@@ -29,8 +29,10 @@ MIN_FREE_BYTES = 256 << 20  # never fill the owner's disk to the brim
 
 
 class _Follower:
-    def __init__(self, replica: Replica, interval: float, jitter: float) -> None:
+    def __init__(self, replica: Replica, interval: float, jitter: float,
+                 may_transfer: Callable[[], bool] | None = None) -> None:
         self.replica = replica
+        self.may_transfer = may_transfer
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.error: str | None = None
@@ -46,6 +48,11 @@ class _Follower:
         self.stop.wait(random.uniform(0, self.interval * self.jitter))  # spread the fleet
         failures = 0
         while not self.stop.is_set():
+            if self.may_transfer is not None and not self.may_transfer():
+                # Outside the transfer window: no snapshot, no log batch (the server leases
+                # no unit needing a newer position meanwhile).
+                self.stop.wait(self.interval * (1 + random.uniform(-self.jitter, self.jitter)))
+                continue
             try:
                 with self.lock:
                     what = self.replica.step()
@@ -78,14 +85,18 @@ class ReplicaSet:
             200, per bench/replication.py, as one answer compresses more together).
         free_bytes: ``() -> free bytes`` on the replica disk (default: ``shutil.disk_usage``).
         throttle: called with each snapshot piece's size (the agent's bandwidth cap).
+        may_transfer: ``() -> bool``, False outside the agent's transfer window: followers
+            then fetch nothing until it opens (default: always).
     """
 
     def __init__(self, root: str | Path, remote_for: Callable[[str], Any],
                  replica_name: str | None = None, interval: float = 1.0, jitter: float = 0.5,
                  batch_entries: int = 1000,
                  free_bytes: Callable[[], int] | None = None,
-                 throttle: Callable[[int], None] | None = None) -> None:
+                 throttle: Callable[[int], None] | None = None,
+                 may_transfer: Callable[[], bool] | None = None) -> None:
         self.throttle = throttle
+        self.may_transfer = may_transfer
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.remote_for = remote_for
@@ -121,7 +132,7 @@ class ReplicaSet:
                         raise DataSourceError(
                             f"not enough free disk for a replica of {name!r}: {free:,} bytes "
                             f"free, {need:,} needed")
-                f = _Follower(rep, self.interval, self.jitter)
+                f = _Follower(rep, self.interval, self.jitter, self.may_transfer)
                 self._followers[name] = f
                 f.thread.start()
 
