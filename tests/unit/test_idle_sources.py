@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from officegrid.worker.idle import IdleMonitor, IdleReading, combine, default_sources
 from officegrid.worker.idle.logind import LogindSource, combine_sessions
-from officegrid.worker.idle.macos import parse_ioreg
 from officegrid.worker.idle.reporter import (
     STALE_SECONDS,
     Report,
@@ -60,29 +59,7 @@ def test_windows_source_off_windows_cannot_tell() -> None:
 
 
 # ------------------------------------------------------------------------------ macOS
-
-IOREG = """+-o IOHIDSystem  <class IOHIDSystem, id 0x100000474, registered, matched, active>
-    {
-      "HIDParameters" = {"HIDClickTime"=500000000}
-      "HIDIdleTime" = 2154390541
-      "HIDPointerAcceleration" = 45056
-    }
-"""
-
-
-def test_ioreg_decimal() -> None:
-    assert parse_ioreg(IOREG) == pytest.approx(2.154390541)
-
-
-def test_ioreg_hex_data_is_little_endian_nanoseconds() -> None:
-    ns = 5_000_000_000
-    text = f'  "HIDIdleTime" = <{ns.to_bytes(8, "little").hex()}>\n'
-    assert parse_ioreg(text) == pytest.approx(5.0)
-
-
-def test_ioreg_without_idle_time() -> None:
-    assert parse_ioreg('"HIDParameters" = {}') is None
-    assert parse_ioreg("") is None
+# HIDIdleTime through IOKit: tests/unit/test_idle_sessions.py (with the session lists).
 
 
 # ------------------------------------------------------------------------------ logind
@@ -301,8 +278,8 @@ def test_monitor_rejects_unknown_sources_and_survives_broken_ones() -> None:
 
 def test_default_sources_per_platform() -> None:
     assert default_sources("linux")[0] == "x11" and "reporter" in default_sources("linux")
-    assert default_sources("win32") == ["windows", "reporter"]
-    assert default_sources("darwin") == ["macos", "reporter"]
+    assert default_sources("win32") == ["windows", "wts", "reporter"]
+    assert default_sources("darwin") == ["macos", "utmpx", "reporter"]
 
 
 # ------------------------------------------------------------------------------ D-Bus

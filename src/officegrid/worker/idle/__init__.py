@@ -3,7 +3,8 @@
 Sources, tried in order: x11 (XScreenSaver), mutter (GNOME IdleMonitor), screensaver
 (org.freedesktop.ScreenSaver), logind (session idle hints, inhibitors), tty (terminal access
 times), reporter (the per-session `officegrid idle-reporter` files), windows (GetLastInputInfo),
-macos (HIDIdleTime). A source that cannot tell says why; "cannot tell" is never "idle".
+macos (HIDIdleTime), wts (Windows sessions), utmpx (macOS sessions). A source that cannot tell
+says why; "cannot tell" is never "idle".
 """
 
 from __future__ import annotations
@@ -19,17 +20,23 @@ from officegrid.worker.idle.base import IdleReading, IdleSource, SessionIdle, ca
 __all__ = ["ALL_SOURCES", "SESSION_SOURCES", "IdleMonitor", "IdleReading", "IdleStatus",
            "SessionIdle", "combine", "default_sources"]
 
-ALL_SOURCES = ("x11", "mutter", "screensaver", "logind", "tty", "reporter", "windows", "macos")
+ALL_SOURCES = ("x11", "mutter", "screensaver", "logind", "tty", "reporter", "windows", "macos",
+               "wts", "utmpx")
 # What a reporter inside a login session reads (the agent reads the others itself).
 SESSION_SOURCES = ("x11", "mutter", "screensaver", "windows", "macos")
+# The sources that list every login session: with one of them, each listed session must be
+# told by some source, and none listed (and no reporter) means nobody is logged in.
+SESSION_LISTS = ("logind", "wts", "utmpx")
+# Sources that see the input of every graphical session on the machine, whoever's it is.
+MACHINE_WIDE = ("macos",)
 
 
 def default_sources(platform: str = sys.platform) -> list[str]:
     """The sources that can work on `platform`, in order."""
     if platform == "win32":
-        return ["windows", "reporter"]
+        return ["windows", "wts", "reporter"]
     if platform == "darwin":
-        return ["macos", "reporter"]
+        return ["macos", "utmpx", "reporter"]
     return ["x11", "mutter", "screensaver", "logind", "tty", "reporter"]
 
 
@@ -45,8 +52,8 @@ class IdleStatus:
     idle_seconds: smallest idle time over the sources that can tell, or None if none can (or
         only partial ones can). None is never idle.
     present: some source reports presence without input (an idle inhibitor).
-    no_session: reliably nobody is logged in (logind lists no local user session and no
-        reporter is running); the policy counts that as idle.
+    no_session: reliably nobody is logged in (the session lists read, logind, wts or utmpx,
+        show no user session and no reporter is running); the policy counts that as idle.
     readings: every source's reading, in order.
     locked: every session a source saw has a locked screen.
     untold: the logged-in sessions no source can tell about ("" if none).
@@ -66,68 +73,105 @@ class IdleStatus:
             why = "; ".join(f"{r.source}: {r.detail}" for r in self.readings) or "no sources"
             return f"{self.untold}; {why}" if self.untold else why
         best = [r.source for r in self.readings if r.idle_seconds == self.idle_seconds]
-        return f"from {', '.join(best) or 'the sessions logind lists'}"
+        return f"from {', '.join(best) or 'the listed sessions (logind, wts, utmpx)'}"
 
 
-def _session_idle(logind: IdleReading, readings: list[IdleReading],
-                  own_uid: int | None) -> tuple[float | None, str]:
-    """The smallest idle time over logind's local sessions, each told by the best source.
+def _told(source: str, sess: SessionIdle, reports: list[SessionIdle],
+          listed: set[tuple[int | None, str]], direct: list[float], machine: list[float],
+          own_uid: int | None, own_session: str | None) -> float | None:
+    """The idle time of one listed session by the best source that can tell, else None.
 
-    A session is told by a fresh reporter of the same uid (same session id first), else, for
-    the agent's own uid, by the sources it reads itself (X11, Mutter, ScreenSaver), else by
-    logind's own hint. A session nobody can tell about makes the answer None: a reporter of
-    another user (or job code) cannot vouch for it.
+    source: the list that named the session (logind, wts, utmpx). See _session_idle.
+    """
+    if source == "wts":
+        # Windows reports carry no uid (every one says 0): a report tells only the session it
+        # names ("<user>-<session id>"), the agent's own sources only the agent's session.
+        name = sess.session.casefold()
+        values = [r.idle_seconds for r in reports if r.session.casefold() == name]
+        if values and None not in values:
+            return min(values)  # type: ignore[type-var]
+        if own_session is not None and own_session.casefold() == name and direct:
+            return min(direct)
+        return None
+    if source == "utmpx" and sess.session != "console":
+        return sess.idle_seconds  # a terminal: its device's access time, nothing else sees it
+    mine = [r for r in reports if r.uid is not None and r.uid == sess.uid]
+    match = ([r for r in mine if r.session == sess.session]
+             or [r for r in mine if (r.uid, r.session) not in listed])
+    values = [r.idle_seconds for r in match]
+    if values and None not in values:
+        return min(values)  # type: ignore[type-var]
+    if own_uid is not None and sess.uid == own_uid and direct:
+        return min(direct)
+    if source == "utmpx" and machine:
+        return min(machine)  # HIDIdleTime counts every HID event, whoever's session it is
+    return sess.idle_seconds
+
+
+def _session_idle(listed_sessions: list[tuple[str, SessionIdle]], readings: list[IdleReading],
+                  own_uid: int | None, own_session: str | None = None
+                  ) -> tuple[float | None, str]:
+    """The smallest idle time over the listed sessions, each told by the best source.
+
+    listed_sessions: (list source, session) for every session logind, wts or utmpx listed.
+    logind and utmpx console sessions: told by a fresh reporter of the same uid (same session
+    id first), else, for the agent's own uid, by the sources it reads itself (X11, Mutter,
+    ScreenSaver, HIDIdleTime), else (utmpx console) by the system-wide HIDIdleTime, else by
+    logind's own hint. utmpx terminal sessions: by their device's access time. wts sessions:
+    by the reporter naming that session, else by the agent's own sources if it is the agent's
+    session (own_session). A session nobody can tell about makes the answer None: a reporter
+    of another user (or job code) cannot vouch for it.
     """
     by_name = {r.source: r for r in readings}
     reports = list((by_name["reporter"].per_session or ()) if "reporter" in by_name else ())
     direct = [r.idle_seconds for r in readings if r.source in SESSION_SOURCES
               and r.idle_seconds is not None and not r.partial]
-    listed = {(s.uid, s.session) for s in logind.per_session or ()}
+    machine = [r.idle_seconds for r in readings if r.source in MACHINE_WIDE
+               and r.idle_seconds is not None and not r.partial]
+    listed = {(s.uid, s.session) for _, s in listed_sessions}
     told: list[float] = []
     untold: list[str] = []
-    for sess in logind.per_session or ():
-        mine = [r for r in reports if r.uid is not None and r.uid == sess.uid]
-        match = ([r for r in mine if r.session == sess.session]
-                 or [r for r in mine if (r.uid, r.session) not in listed])
-        values = [r.idle_seconds for r in match]
-        if values and None not in values:
-            told.append(min(values))  # type: ignore[type-var]
-        elif own_uid is not None and sess.uid == own_uid and direct:
-            told.append(min(direct))  # type: ignore[type-var]
-        elif sess.idle_seconds is not None:
-            told.append(sess.idle_seconds)
+    for source, sess in listed_sessions:
+        value = _told(source, sess, reports, listed, direct, machine,  # type: ignore[arg-type]
+                      own_uid, own_session)
+        if value is not None:
+            told.append(value)
         else:
-            untold.append(f"session {sess.session} (uid {sess.uid}): no source can tell")
+            who = f" (uid {sess.uid})" if sess.uid is not None else ""
+            untold.append(f"session {sess.session}{who}: no source can tell")
     if untold:
         return None, "; ".join(untold)
     return (min(told) if told else None), ""
 
 
-def combine(readings: list[IdleReading], own_uid: int | None = None) -> IdleStatus:
+def combine(readings: list[IdleReading], own_uid: int | None = None,
+            own_session: str | None = None) -> IdleStatus:
     """Combine readings into one status.
 
-    When logind lists local user sessions, every one of them must be told by some source
-    (see _session_idle; own_uid: the uid this process runs as, whose sessions its own X11 /
-    Mutter / ScreenSaver sources see), and the idle time is the smallest over them and every
-    other source that can tell. Without logind: the smallest over the sources that can tell,
-    where partial ones count only next to a full one. None ("cannot tell") is never idle.
-    no_session needs logind to report zero local sessions and (if the reporter source was
-    read) zero fresh reporters.
+    When a session list (logind, wts, utmpx) names user sessions, every one of them must be
+    told by some source (see _session_idle; own_uid: the uid this process runs as, whose
+    sessions its own X11 / Mutter / ScreenSaver / HIDIdleTime sources see; own_session: on
+    Windows, this process's "<user>-<session id>", the one session GetLastInputInfo sees), and
+    the idle time is the smallest over them and every other source that can tell. Without a
+    list: the smallest over the sources that can tell, where partial ones count only next to
+    a full one. None ("cannot tell") is never idle. no_session needs every list read to
+    report zero sessions and (if the reporter source was read) zero fresh reporters.
     """
     known = [r for r in readings if r.idle_seconds is not None]
     full = [r for r in known if not r.partial]
     by_name = {r.source: r for r in readings}
-    logind = by_name.get("logind")
+    lists = [r for r in readings if r.source in SESSION_LISTS]
+    listed_sessions = [(r.source, s) for r in lists for s in r.per_session or ()]
     reporter = by_name.get("reporter")
     untold = ""
-    if logind is not None and logind.per_session:
-        per_session, untold = _session_idle(logind, readings, own_uid)
-        others = [r.idle_seconds for r in known if r.source != "logind"]
+    if listed_sessions:
+        per_session, untold = _session_idle(listed_sessions, readings, own_uid, own_session)
+        others = [r.idle_seconds for r in known if r.source not in SESSION_LISTS]
         idle = None if per_session is None else min([per_session, *others])  # type: ignore[type-var]
     else:
         idle = min(r.idle_seconds for r in known) if full else None  # type: ignore[type-var]
     present = any(r.present for r in readings)
-    no_session = (logind is not None and logind.sessions == 0
+    no_session = (bool(lists) and all(r.sessions == 0 for r in lists)
                   and (reporter is None or reporter.sessions == 0))
     locks = [r.locked for r in readings if r.locked is not None]
     return IdleStatus(idle_seconds=idle, present=present, no_session=no_session,
@@ -160,6 +204,12 @@ def _make(name: str, work_dir: Path | None) -> IdleSource:
     if name == "macos":
         from officegrid.worker.idle.macos import MacSource
         return MacSource()
+    if name == "wts":
+        from officegrid.worker.idle.sessions_windows import WtsSource
+        return WtsSource()
+    if name == "utmpx":
+        from officegrid.worker.idle.sessions_macos import UtmpxSource
+        return UtmpxSource()
     raise ValueError(f"unknown idle source {name!r} (known: {', '.join(ALL_SOURCES)})")
 
 
@@ -178,6 +228,13 @@ class IdleMonitor:
                 raise ValueError(f"unknown idle source {n!r} (known: {', '.join(ALL_SOURCES)})")
         self.names = names
         self._sources = [_make(n, work_dir) for n in names]
+        # Windows: the one session GetLastInputInfo sees, named as its reporter names it.
+        self._own_session: str | None = None
+        if sys.platform == "win32":  # pragma: no cover - Windows only
+            from officegrid.worker.idle.reporter import session_id
+
+            with contextlib.suppress(Exception):  # unknown: only reporters tell then
+                self._own_session = session_id()
 
     def read(self) -> IdleStatus:
         """Read every source (never raises) and combine."""
@@ -187,7 +244,8 @@ class IdleMonitor:
                 readings.append(src.read())
             except Exception as exc:  # noqa: BLE001 - a broken source must not stop the others
                 readings.append(cannot(src.name, f"source failed: {exc}"))
-        return combine(readings, own_uid=os.getuid() if hasattr(os, "getuid") else None)
+        return combine(readings, own_uid=os.getuid() if hasattr(os, "getuid") else None,
+                       own_session=self._own_session)
 
     def close(self) -> None:
         """Close every source's connection."""
