@@ -190,8 +190,8 @@ def main() -> int:
         ]),
         "",
         f"Inputs not seen within 3 s (retried): {misses}. The agent reads the owner every "
-        "0.2 s (X11 XScreenSaver idle time, the owner-pause file) and samples non-grid CPU, "
-        "battery, memory and disk every 1 s. Other processes used "
+        "0.2 s (X11 XScreenSaver idle time, the owners' pause files in sessions/) and "
+        "samples non-grid CPU, battery, memory and disk every 1 s. Other processes used "
         f"{load.others:.2f} cores of {os.cpu_count()} during the CPU measurement"
         + (" (a busy machine: latencies are pessimistic)." if load.others > 0.25 else
            " (a quiet machine)."),

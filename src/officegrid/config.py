@@ -125,6 +125,9 @@ class WorkerSettings(_Settings):
     # The whole work dir (releases, environments, chunk cache, replicas, logs) stays within
     # this; least recently used releases, environments and chunks are evicted first.
     disk_budget: ByteSize | None = None
+    # cgroup v2 for unit trees (worker/cgroup.py): "auto" (the agent's own cgroup when systemd
+    # delegated it), "self", "off", or a cgroup2 directory. None: "auto".
+    cgroup_root: str | None = None
     # Owner policy: a PolicySettings (worker/policy.py) from [policy] and --policy, set by
     # load_policy(); a preset name is accepted too. None: "always".
     policy: Any = None

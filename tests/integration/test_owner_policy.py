@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +57,10 @@ def process(record, ctx):
     time.sleep(120)
     return {"n": len(hog)}
 """
+
+
+# The operator sees who paused a worker: the owner of the pause file (this test's user).
+PAUSED_BY_ME = f"paused by owner ({pwd.getpwuid(os.geteuid()).pw_name})"
 
 
 def release(tmp: Path, source: str) -> Path:
@@ -116,8 +122,8 @@ def test_pause_suspends_the_tree_and_resume_continues_it(grid, tmp_path):
     assert done.returncode == 0, done.stderr
     wait_for(lambda: _status(runner) == _status(child) == psutil.STATUS_STOPPED, 30,
              what="runner and grandchild stopped")
-    row = wait_for(lambda: (r := _worker_row(grid.admin, "a")).get("reason") == "paused by owner"
-                   and r, 30, what="'paused by owner' in the workers list")
+    row = wait_for(lambda: (r := _worker_row(grid.admin, "a")).get("reason") == PAUSED_BY_ME
+                   and r, 30, what="'paused by owner (me)' in the workers list")
     assert row["state"] == "paused"
     assert grid.admin.job(job["id"])["state"] == "running"  # the lease is kept while paused
 
@@ -137,7 +143,7 @@ def test_pause_blocks_new_units_and_bad_duration_is_refused(grid, tmp_path):
     bad = _cli("pause", "soon", "--work-dir", str(w.work_dir))
     assert bad.returncode != 0 and "duration 'soon'" in bad.stderr
     assert _cli("pause", "1h", "--work-dir", str(w.work_dir)).returncode == 0
-    wait_for(lambda: _worker_row(grid.admin, "a").get("reason") == "paused by owner", 30,
+    wait_for(lambda: _worker_row(grid.admin, "a").get("reason") == PAUSED_BY_ME, 30,
              what="paused state reported")
     job = grid.admin.submit("job:process", write_csv(tmp_path / "in.csv", 5), unit_size=5)
     # Two heartbeats later the unit is still queued: a paused worker takes nothing.
@@ -411,3 +417,134 @@ def test_keep_awake_leaves_no_process_behind():
     wait_for(lambda: {c.pid for c in psutil.Process().children()
                       if c.status() != psutil.STATUS_ZOMBIE} <= before, 10,
              what="no inhibitor child left")
+
+
+# ------------------------------------------------------------------ owner controls (H4)
+
+SYSTEM_PYTHON = "/usr/bin/python3.11"  # readable by every uid (the venv's interpreter may not be)
+
+
+def _cli_as(uid: int, *args: str) -> subprocess.CompletedProcess:
+    """`officegrid ARGS` run as another local user, as a desktop owner would run it."""
+    import site
+
+    path = [str(Path(__file__).resolve().parents[2] / "src"), *site.getsitepackages()]
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": ":".join(path)}
+    return subprocess.run([SYSTEM_PYTHON, "-m", "officegrid", *args], env=env, cwd="/",
+                          user=uid, group=uid, extra_groups=[], capture_output=True,
+                          text=True, timeout=60)
+
+
+def _other_users_can_run_the_cli() -> str | None:
+    """None if this test can run the CLI as other uids, else why not."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "needs root (to run the CLI as other users)"
+    if sys.version_info[:2] != (3, 11) or not os.access(SYSTEM_PYTHON, os.X_OK):
+        return f"needs {SYSTEM_PYTHON} matching this interpreter"
+    probe = _cli_as(65534, "pause", "--help")
+    return None if probe.returncode == 0 else f"CLI as nobody fails: {probe.stderr[-300:]}"
+
+
+def test_another_user_pauses_the_agent_and_only_they_can_end_it(grid, tmp_path):
+    """The agent owns its work dir (as an installed service does); the desktop's owner is a
+    different uid: its pause reaches the agent through sessions/ at once, the operator sees
+    who paused, a third user cannot end it, its writer can."""
+    import tempfile
+
+    from grid import WorkerProc
+
+    why = _other_users_can_run_the_cli()
+    if why:
+        pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="og-h4-"))
+    os.chmod(base, 0o711)  # others pass through to sessions/, as in /var/lib/officegrid
+    wd = base / "worker"
+    wd.mkdir(mode=0o711)
+    os.chmod(wd, 0o711)
+    try:
+        publish(grid.admin, release(tmp_path, BUSY_JOB))
+        pidfile = tmp_path / "pids"
+        w = WorkerProc(grid.server.url, wd, enroll=grid.enroll_token(),
+                       env={"OG_PIDFILE": str(pidfile), "OG_WORK": "0.1"},
+                       extra_args=["--name", "a"])
+        grid.workers.append(w)
+        w.start()
+        job = grid.admin.submit("job:process", write_csv(tmp_path / "in.csv", 30),
+                                unit_size=30)
+        runner, child = _pids(pidfile)
+
+        done = _cli_as(65534, "pause", "--work-dir", str(wd))
+        assert done.returncode == 0, done.stderr
+        assert "worker paused until `officegrid resume`" in done.stderr
+        assert "suspended its units" in done.stderr  # the running agent confirmed it
+        assert (wd / "sessions" / "65534.pause").stat().st_uid == 65534
+        assert _status(runner) == _status(child) == psutil.STATUS_STOPPED
+        row = wait_for(lambda: (r := _worker_row(grid.admin, "a")).get("state") == "paused"
+                       and r, 30, what="paused in the workers list")
+        assert row["reason"] == "paused by owner (nobody)"
+
+        # A third user (uid 1, daemon) can neither end it with resume nor with --all.
+        other = _cli_as(1, "resume", "--work-dir", str(wd))
+        assert other.returncode == 0, other.stderr
+        assert "you had not paused the worker" in other.stderr
+        assert "still paused by nobody" in other.stderr
+        other = _cli_as(1, "resume", "--all", "--work-dir", str(wd))
+        assert other.returncode != 0 and "cannot end the pause of nobody" in other.stderr
+        assert (wd / "sessions" / "65534.pause").exists()
+        assert _status(runner) == psutil.STATUS_STOPPED
+
+        done = _cli_as(65534, "resume", "--work-dir", str(wd))
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.strip() == "worker resumed"
+        wait_for(lambda: _status(runner) != psutil.STATUS_STOPPED
+                 and _status(child) != psutil.STATUS_STOPPED, 30, what="tree continued")
+        assert grid.admin.wait(job["id"], timeout=120)["state"] == "done"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_pause_says_when_no_agent_runs_or_none_is_installed(tmp_path):
+    missing = _cli("pause", "--work-dir", str(tmp_path / "nope"))
+    assert missing.returncode != 0
+    assert f"no worker work dir at {tmp_path / 'nope'}" in missing.stderr
+    wd = tmp_path / "stopped"
+    wd.mkdir()
+    done = _cli("pause", "30s", "--work-dir", str(wd))
+    assert done.returncode == 0, done.stderr
+    assert "worker paused for 30 s, until " in done.stderr  # seconds, never "0 min"
+    assert f"no agent is running on {wd} now: the pause applies when it starts" in done.stderr
+    from officegrid.worker.pause import read_pauses
+
+    (p,) = read_pauses(wd)
+    assert 0 < p.until - time.time() <= 30
+    done = _cli("resume", "--work-dir", str(wd))
+    assert done.returncode == 0 and "worker resumed (no agent is running" in done.stderr
+    assert read_pauses(wd) == []
+
+
+def test_a_user_reaches_an_installed_work_dir_they_cannot_list(tmp_path):
+    """An installed work dir is 0711: the CLI's --work-dir must not demand read access (the
+    autostart entry runs `idle-reporter --work-dir /var/lib/officegrid/worker`)."""
+    import tempfile
+
+    why = _other_users_can_run_the_cli()
+    if why:
+        pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="og-h4-"))
+    try:
+        os.chmod(base, 0o711)
+        wd = base / "worker"
+        wd.mkdir(mode=0o711)
+        os.chmod(wd, 0o711)
+        (wd / "sessions").mkdir()
+        os.chmod(wd / "sessions", 0o1777)
+        done = _cli_as(65534, "idle-reporter", "--once", "--source", "tty", "--work-dir",
+                       str(wd))
+        assert done.returncode == 0, done.stderr
+        (report,) = (wd / "sessions").glob("65534-*.json")
+        assert report.stat().st_uid == 65534
+        done = _cli_as(65534, "pause", "1h30m", "--work-dir", str(wd))
+        assert done.returncode == 0, done.stderr
+        assert "worker paused for 1 h 30 min, until " in done.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

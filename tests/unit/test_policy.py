@@ -20,6 +20,7 @@ from officegrid.worker.policy import (
     Observation,
     Policy,
     PolicySettings,
+    format_duration,
     parse_duration,
 )
 
@@ -53,6 +54,47 @@ def test_durations_accept_seconds_and_units() -> None:
     for bad in ("15x", "", "-5", "h", True, None):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_one_duration_parser_for_policy_and_pause() -> None:
+    """`max_suspend = "1h30m"` in [policy] means what `officegrid pause 1h30m` means."""
+    from officegrid.cli.pause import parse_duration as pause_duration
+
+    for text, seconds in (("1h30m", 5400.0), ("1h 30m", 5400.0), ("90s", 90.0),
+                          ("15 min", 900.0), ("1d2h", 93600.0), ("2h", 7200.0), ("45", 45.0)):
+        assert parse_duration(text) == seconds == pause_duration(text), text
+    assert parse_duration("0") == 0.0  # a policy number may be 0; a pause may not
+    with pytest.raises(ValueError, match="duration '0' must be positive"):
+        pause_duration("0")
+    for bad in ("1h30", "30m1", "1hh", "1h-30m", "m30"):
+        with pytest.raises(ValueError, match="max_suspend: expected seconds"):
+            parse_duration(bad, "max_suspend")
+
+
+def test_policy_durations_from_toml_take_compound_values(tmp_path: Path) -> None:
+    cfg = tmp_path / "officegrid.toml"
+    cfg.write_text('[policy]\npreset = "desktop"\nmax_suspend = "1h30m"\n'
+                   'start_idle = "10m 30s"\n')
+    p = Policy.from_settings(load_policy(config_file=cfg))
+    assert (p.max_suspend, p.start_idle) == (5400.0, 630.0)
+    cfg.write_text('[policy]\npreset = "desktop"\nmax_suspend = "1h30"\n')
+    with pytest.raises(ConfigError, match=r"setting policy.max_suspend \(from .*officegrid"
+                       r".toml \[policy\].max_suspend\): max_suspend: expected seconds"):
+        load_policy(config_file=cfg)
+
+
+def test_durations_for_people_never_say_0_min() -> None:
+    cases = {0: "0 s", 0.4: "0 s", 30: "30 s", 59.4: "59 s", 60: "1 min", 61: "1 min 1 s",
+             330: "5 min 30 s", 3600: "1 h", 5400: "1 h 30 min", 86399: "1 d",
+             90000: "1 d 1 h", math.inf: "forever"}
+    for seconds, text in cases.items():
+        assert format_duration(seconds) == text, seconds
+    late = datetime(2026, 3, 5, 5, 59, 15, tzinfo=UTC)  # 45 s before 06:00
+    v = policy("night", window="20:00-06:00").evaluate(obs(now=late))
+    assert v.reason == "window closes in 45 s"
+    d = policy("desktop", start_idle=30, continue_idle=20, max_suspend=45).describe()
+    assert "start after 30 s" in d and "continue after 20 s" in d and "after 45 s sus" in d
+    assert " 0 min" not in d
 
 
 def test_presets_fill_defaults_and_explicit_keys_override() -> None:
@@ -112,7 +154,8 @@ def test_bad_policy_config_is_refused_naming_the_key(tmp_path: Path) -> None:
 def test_describe_says_the_preset_and_its_numbers() -> None:
     assert policy("always").describe().startswith("always (run whenever there is work")
     d = policy("desktop").describe()
-    assert d.startswith("desktop (") and "900 s" in d and "30%" in d and "300 s" in d
+    assert d.startswith("desktop (") and "start after 15 min" in d and "30%" in d
+    assert "continue after 5 min idle" in d and "vacate after 10 min suspended" in d
     n = policy("night", window="mon-fri 20:00-06:00").describe()
     assert "mon-fri 20:00-06:00" in n and "30 min" in n
 
@@ -135,7 +178,7 @@ def test_desktop_start_needs_idle_time_and_low_cpu() -> None:
     p = policy("desktop")
     v = p.evaluate(obs(idle_seconds=42.0))
     assert (v.may_start, v.state, v.reason) == (False, "waiting",
-                                               "owner active (idle 42 s < 900 s)")
+                                               "owner active (idle 42 s < 15 min)")
     assert p.evaluate(obs(idle_seconds=899.0)).may_start is False
     assert p.evaluate(obs(idle_seconds=900.0)).may_start is True
     v = p.evaluate(obs(non_grid_cpu=0.45))
@@ -153,7 +196,7 @@ def test_desktop_suspends_on_input_and_continues_after_continue_idle() -> None:
     assert touched.reason.startswith("suspended: input") and not touched.may_start
     # Suspended: stays so until continue_idle (300 s) without input ...
     still = p.evaluate(obs(running=True, idle_seconds=299.0, suspended_for=299.0))
-    assert still.action == "suspend" and "299 s < 300 s" in still.reason
+    assert still.action == "suspend" and "idle 4 min 59 s < 5 min" in still.reason
     cont = p.evaluate(obs(running=True, idle_seconds=300.0, suspended_for=310.0))
     assert (cont.action, cont.state) == ("run", "running")
     # ... and only when the owner's CPU use is low too (HTCondor's CONTINUE).
@@ -169,7 +212,8 @@ def test_desktop_vacates_after_max_suspend() -> None:
     v = p.evaluate(obs(running=True, idle_seconds=5.0, suspended_for=599.0))
     assert v.action == "suspend"
     v = p.evaluate(obs(running=True, idle_seconds=5.0, suspended_for=600.0))
-    assert (v.action, v.state) == ("vacate", "waiting") and "600 s" in v.reason
+    assert (v.action, v.state) == ("vacate", "waiting")
+    assert v.reason.startswith("suspended over 10 min (")
     q = policy("desktop", max_suspend="1m")
     assert q.evaluate(obs(running=True, idle_seconds=5.0, suspended_for=60.0)).action == "vacate"
 
@@ -233,6 +277,8 @@ def test_owner_pause_suspends_then_vacates_and_ends_on_time() -> None:
     until = NOON.timestamp() + 3600
     v = p.evaluate(obs(owner_paused_until=until))
     assert (v.may_start, v.state, v.reason) == (False, "paused", "paused by owner")
+    v = p.evaluate(obs(owner_paused_until=until, owner_paused_by="alice, bob", running=True))
+    assert (v.action, v.reason) == ("suspend", "paused by owner (alice, bob)")
     v = p.evaluate(obs(owner_paused_until=math.inf, running=True))
     assert v.action == "suspend" and v.reason == "paused by owner"
     v = p.evaluate(obs(owner_paused_until=until, running=True, suspended_for=600.0))

@@ -292,3 +292,39 @@ def test_macos_daemon_umask_and_work_dir_reachable() -> None:
     assert daemon["Umask"] == 0o027
     wd = dict(plan.dirs)[PurePosixPath("/Library/Application Support/officegrid/worker")]
     assert wd & 0o001  # reporters pass through to sessions/
+
+
+# ------------------------------------------------------------------------------ H4: the join token
+
+
+@pytest.mark.parametrize("kind", ["linux", "macos", "windows"])
+def test_the_join_token_is_only_in_the_private_config_file(kind: str) -> None:
+    """Never on a command line (a unit's ExecStart, a plist's ProgramArguments, the task's
+    arguments, the Run key, the commands the installer runs): every user sees those in ps,
+    in `systemctl show` or in the task list. Only in the config file, which others cannot
+    read."""
+    secret = "oge_S3CRET-join-token"
+    plan = service.plan_install(kind, "https://g:1", enroll=secret, command=CMD,
+                                user_exists=False)
+    (config,) = [f for f in plan.files if secret in f.content]
+    assert config.path.name == "officegrid.toml"
+    assert not any(secret in " ".join(c) for c in plan.before + plan.commands)
+    if kind == "windows":
+        # ProgramData is readable by Users: inherited rights are dropped on the config.
+        acl = next(c for c in plan.commands if c[:2] == ["icacls", str(config.path)])
+        assert "/inheritance:r" in acl and "/grant:r" in acl
+        assert not any(g.startswith(("*S-1-5-32-545", "*S-1-1-0")) for g in acl)  # Users, Everyone
+    else:
+        assert config.mode == 0o640
+        group = service.SERVICE_USER if kind == "linux" else service.MAC_USER
+        assert ["chown", f"root:{group}", str(config.path)] in plan.commands
+
+
+def test_help_points_to_the_enroll_environment_variable() -> None:
+    for args in (["worker", "--help"], ["worker", "install", "--help"]):
+        out = subprocess.run([sys.executable, "-m", "officegrid", *args], capture_output=True,
+                             text=True, timeout=60, env=dict(os.environ, COLUMNS="200"))
+        assert out.returncode == 0, out.stderr
+        text = " ".join(out.stdout.split())
+        assert "prefer the OFFICEGRID_ENROLL variable: a flag is visible to every user in ps" \
+            in text, args

@@ -20,9 +20,11 @@ import typer
 
 from officegrid.cli.common import handle_errors
 
-WorkDirOpt = typer.Option(None, "--work-dir", help="the agent's work dir (reporter files are in "
-                          "its sessions/ folder) [default: [worker].work_dir, else the user "
-                          "data dir]")
+# readable=False: an installed work dir is 0711 (others may pass through to sessions/,
+# not list it); click's default check would refuse it for every user but the service.
+WorkDirOpt = typer.Option(None, "--work-dir", readable=False,
+                          help="the agent's work dir (reporter files are in its sessions/ "
+                          "folder) [default: [worker].work_dir, else the user data dir]")
 
 
 def _work_dir(work_dir: Path | None) -> Path:
@@ -39,7 +41,9 @@ def _fmt_idle(seconds: float | None) -> str:
         return "cannot tell"
     if seconds < 120:
         return f"{seconds:.1f} s"
-    return f"{seconds:.0f} s ({seconds / 60:.0f} min)"
+    from officegrid.worker.policy import format_duration
+
+    return f"{seconds:.0f} s ({format_duration(seconds)})"
 
 
 @handle_errors
@@ -110,19 +114,20 @@ def _policy_verdict(settings: Any, status: Any, work_dir: Path) -> Any:
     cpu = NonGridCpu()
     cpu.sample([])
     time.sleep(0.5)
-    paused = None
+    paused, paused_by = None, None
     try:
-        from officegrid.worker.owner import read_pause
+        from officegrid.worker.pause import pause_state, read_pauses
 
-        paused = read_pause(work_dir)
-    except Exception:  # noqa: BLE001 - no pause support or no readable file: not paused
-        paused = None
+        paused, paused_by = pause_state(read_pauses(work_dir))
+    except Exception:  # noqa: BLE001 - no readable sessions dir: not paused
+        paused, paused_by = None, None
     obs = Observation(now=datetime.now().astimezone(), idle_seconds=status.idle_seconds,
                       present=status.present, no_session=status.no_session,
                       non_grid_cpu=cpu.sample([]), on_battery=on_battery(),
                       free_memory=psutil.virtual_memory().available,
                       owner_paused_until=paused, suspended_for=None, running=False,
-                      idle_detail=status.detail, locked=status.locked)
+                      idle_detail=status.detail, locked=status.locked,
+                      owner_paused_by=paused_by)
     return Policy.from_settings(settings).evaluate(obs)
 
 
@@ -164,7 +169,9 @@ def idle_reporter(work_dir: Path = WorkDirOpt,
 def install(server: str = typer.Option(..., "--server", "-s", envvar="OFFICEGRID_SERVER",
                                        help="server URL the service connects to"),
             enroll: str = typer.Option(None, "--enroll", envvar="OFFICEGRID_ENROLL",
-                                       help="join token: the service registers on first start"),
+                                       help="join token: the service registers on first "
+                                       "start (prefer the OFFICEGRID_ENROLL variable: a flag "
+                                       "is visible to every user in ps)"),
             policy: str = typer.Option("desktop", "--policy", help="owner policy preset"),
             root: Path = typer.Option(None, "--root", help="write the files under this "
                                       "directory instead of / and run no commands"),

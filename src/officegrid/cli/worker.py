@@ -18,7 +18,9 @@ def worker(
     token: str = typer.Option(None, "--token", "-t", envvar="OFFICEGRID_WORKER_TOKEN",
                               help="this worker's own token (from `token create --worker`)"),
     enroll: str = typer.Option(None, "--enroll", envvar="OFFICEGRID_ENROLL",
-                               help="join token: register this machine on first start"),
+                               help="join token: register this machine on first start "
+                               "(prefer the OFFICEGRID_ENROLL variable: a flag is visible to "
+                               "every user in ps)"),
     name: str = typer.Option(None, "--name", help="worker name at enrollment [default: host]"),
     work_dir: Path = typer.Option(None, "--work-dir", help="identity, caches, unit files "
                                   "[default: the user data dir]"),

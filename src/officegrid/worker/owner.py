@@ -1,7 +1,7 @@
 """The owner monitor: enforces the owner policy in the worker agent (issue 5, DESIGN promise 5).
 
 One thread, :class:`OwnerMonitor`, wakes every ``interval`` seconds (0.2 s), reads the idle
-sources (:class:`officegrid.worker.idle.IdleMonitor`) and the owner-pause file, and asks the
+sources (:class:`officegrid.worker.idle.IdleMonitor`) and the owners' pause files, and asks the
 policy (:class:`officegrid.worker.policy.Policy`) what to do; every ``slow_interval`` seconds
 (1 s) it also samples what is costlier to measure: non-grid CPU use, battery, free memory, free
 disk and each running unit's memory. It then acts on the verdict at once:
@@ -25,20 +25,21 @@ the work dir the worker takes no units and says why.
 While units run, :class:`KeepAwake` holds the OS's sleep inhibitor and releases it the moment
 none runs.
 
-Owner controls (``officegrid pause [DURATION]`` / ``resume``) write :data:`PAUSE_FILE` in the work
-dir; the monitor stats it every tick (one ``stat`` call) and re-reads it when it changed.
+Owner controls (``officegrid pause [DURATION]`` / ``resume``) write per-user pause files into the
+work dir's ``sessions/`` channel, which any local user may write (officegrid.worker.pause); the
+monitor lists it every tick and re-reads only files that changed.
 
-cgroup v2 freezing is not used yet: the agent would need a delegated, writable cgroup subtree
-(systemd ``Delegate=yes``), which the service install does not create; SIGSTOP over the group and
-the marker is used everywhere (TODO when the service unit delegates a cgroup).
+Where the agent has a writable cgroup v2 subtree (officegrid.worker.cgroup: the installed systemd
+unit delegates one; ``cgroup_root`` names one), each unit runs in its own cgroup: suspend freezes
+it (``RunnerProcess.suspend`` picks the way), and with a delegated memory controller the kernel
+enforces ``memory.max``; an OOM kill there fails the attempt like the RSS cap does. Elsewhere
+SIGSTOP over the group and the marker, and the RSS sum, are used.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
 import shutil
 import subprocess
@@ -53,81 +54,10 @@ import psutil
 
 from officegrid.worker.idle import IdleMonitor
 from officegrid.worker.load import NonGridCpu, on_battery
+from officegrid.worker.pause import PauseWatch
 from officegrid.worker.policy import Observation, Policy, PolicySettings
 
 log = logging.getLogger("officegrid.worker.owner")
-
-PAUSE_FILE = "owner-pause.json"
-"""File in the work dir that pauses the worker: ``{"until": epoch seconds | null (until resume),
-"since": epoch seconds}``. Written by ``officegrid pause``, removed by ``officegrid resume``."""
-
-
-
-# --------------------------------------------------------------------------------------------
-# Owner pause file
-
-
-def write_pause(work_dir: Path, until: float) -> Path:
-    """Pause the agent of ``work_dir`` until ``until`` (time.time() seconds; math.inf = until
-    :func:`clear_pause`). Written atomically (temp file + rename); returns the file's path.
-
-    Raises OSError if the work dir is not writable."""
-    path = Path(work_dir) / PAUSE_FILE
-    tmp = path.with_name(f".{PAUSE_FILE}.{os.getpid()}")
-    body = {"until": None if math.isinf(until) else until, "since": time.time()}
-    tmp.write_text(json.dumps(body))
-    os.replace(tmp, path)
-    return path
-
-
-def clear_pause(work_dir: Path) -> bool:
-    """Resume: remove the pause file of ``work_dir``; True if there was one."""
-    try:
-        (Path(work_dir) / PAUSE_FILE).unlink()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def read_pause(work_dir: Path, now: float | None = None) -> float | None:
-    """The time (time.time() seconds, math.inf = until resume) the agent of ``work_dir`` is
-    paused until, or None if it is not paused (no file, the pause ran out, or the file is
-    unreadable: a broken file is logged and ignored rather than stopping the grid for good)."""
-    path = Path(work_dir) / PAUSE_FILE
-    try:
-        body = json.loads(path.read_text())
-        until = body.get("until")
-        until = math.inf if until is None else float(until)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, AttributeError, TypeError) as exc:
-        log.warning("ignoring unreadable %s: %s", path, exc)
-        return None
-    return until if until > (time.time() if now is None else now) else None
-
-
-class _PauseWatch:
-    """Cheap watch of the pause file: one ``stat`` per call, a read only when it changed."""
-
-    def __init__(self, work_dir: Path) -> None:
-        self.work_dir = work_dir
-        self.path = work_dir / PAUSE_FILE
-        self._sig: tuple[int, int, int] | None = None
-        self._until: float | None = None
-
-    def until(self, now: float) -> float | None:
-        try:
-            st = os.stat(self.path)
-            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            sig = None
-        if sig != self._sig:
-            self._sig = sig
-            self._until = read_pause(self.work_dir, now) if sig else None
-        if self._until is not None and self._until <= now:
-            return None
-        return self._until
-
 
 # --------------------------------------------------------------------------------------------
 # Formatting
@@ -334,7 +264,7 @@ class OwnerMonitor:
                 if watches_input else False
         self._idle = idle or None
         self._cpu, self._on_battery = NonGridCpu(), on_battery
-        self._pause = _PauseWatch(self.work_dir)
+        self._pause = PauseWatch(self.work_dir)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._suspended_since: float | None = None
@@ -366,6 +296,7 @@ class OwnerMonitor:
                 with contextlib.suppress(Exception):
                     proc.resume()
         self.awake.release()
+        self._pause.close()
         if self._idle is not None:
             with contextlib.suppress(Exception):
                 self._idle.close()
@@ -401,7 +332,20 @@ class OwnerMonitor:
             if proc is None or proc.returncode is not None:
                 continue
             rss, pids = tree_rss(proc.pid, kids)
+            cg = getattr(proc, "cgroup", None)
+            for extra in set(cg.procs() if cg is not None else ()) - set(pids):
+                # In the unit's cgroup but not a descendant (its parent exited): count it too.
+                with contextlib.suppress(psutil.Error):
+                    rss += psutil.Process(extra).memory_info().rss
+                    pids.append(extra)
             grid.update(pids)
+            capped = proc.memory_cap_error(self.max_memory) \
+                if hasattr(proc, "memory_cap_error") else None
+            if capped and getattr(ru, "fail_error", None) is None:
+                ru.fail_error = capped
+                log.warning("%s", ru.fail_error)
+                proc.kill_tree(grace=0.0)
+                continue
             if self.max_memory is not None and rss > self.max_memory \
                     and getattr(ru, "fail_error", None) is None:
                 ru.fail_error = (f"unit used {human_bytes(rss)} > max_memory "
@@ -443,6 +387,7 @@ class OwnerMonitor:
             except Exception:
                 log.exception("idle sources failed: the idle time counts as unknown (never idle)")
         now = time.time()
+        paused_until, paused_by = self._pause.poll(now)
         running = any(getattr(ru, "proc", None) is not None for ru in units)
         suspended_for = None if self._suspended_since is None else mono - self._suspended_since
         from datetime import datetime
@@ -453,10 +398,10 @@ class OwnerMonitor:
             present=status.present if status is not None else False,
             no_session=status.no_session if status is not None else False,
             non_grid_cpu=self._non_grid_cpu, on_battery=self._battery,
-            free_memory=self._free_memory, owner_paused_until=self._pause.until(now),
+            free_memory=self._free_memory, owner_paused_until=paused_until,
             suspended_for=suspended_for, running=running,
             idle_detail=status.detail if status is not None else "no idle source",
-            locked=bool(getattr(status, "locked", False)))
+            locked=bool(getattr(status, "locked", False)), owner_paused_by=paused_by)
         verdict = self.policy.evaluate(obs)
         self._act(verdict, units, mono)
         self._publish(verdict, units)

@@ -26,33 +26,64 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ByteSize, ConfigDict, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, ValidationInfo, field_validator
 
 PRESETS = ("always", "desktop", "night", "desktop-or-night")
 
-_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$", re.IGNORECASE)
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+# One or more "<number><unit>" parts ("1h30m", "1h 30m", "90 s"); a bare number is seconds.
+_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(sec|min|s|m|h|d)\s*", re.IGNORECASE)
+_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
 
 
 def parse_duration(value: Any, what: str = "duration") -> float:
-    """Seconds from a number of seconds or a string such as "90", "15m", "2h", "1.5h", "1d".
+    """Seconds from a number of seconds or a string such as "90", "45s", "15m", "15 min",
+    "2h", "1.5h", "1d", "1h30m" or "1h 30m" (the one parser of the ``[policy]`` table and of
+    ``officegrid pause``).
 
-    Raises ValueError naming `what` for anything else (negative, empty, unknown unit).
+    Raises ValueError naming `what` (e.g. the key) for anything else: negative, NaN, empty, an
+    unknown unit or trailing text.
     """
+    hint = "expected seconds or e.g. '45s', '15m', '2h', '1h30m'"
     if isinstance(value, bool):
-        raise ValueError(f"{what}: expected seconds or e.g. '15m', got {value!r}")
+        raise ValueError(f"{what}: {hint}, got {value!r}")
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
-        m = _DURATION.match(value)
-        if not m:
-            raise ValueError(f"{what}: expected seconds or e.g. '15m', '2h', got {value!r}")
-        seconds = float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
+        if _NUMBER.match(value):
+            seconds = float(value)
+        else:
+            pos, seconds = 0, 0.0
+            for m in _PART.finditer(value):
+                if m.start() != pos:
+                    break
+                seconds += float(m.group(1)) * _UNITS[m.group(2).lower()]
+                pos = m.end()
+            if pos == 0 or pos != len(value):
+                raise ValueError(f"{what}: {hint}, got {value!r}")
     else:
-        raise ValueError(f"{what}: expected seconds or e.g. '15m', got {value!r}")
+        raise ValueError(f"{what}: {hint}, got {value!r}")
     if seconds < 0 or math.isnan(seconds):
         raise ValueError(f"{what}: must be >= 0, got {value!r}")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people: "45 s", "5 min", "5 min 30 s", "2 h", "1 h 30 min", "3 d 2 h";
+    never "0 min" (under a minute shows seconds). ``math.inf`` is "forever"."""
+    if math.isinf(seconds):
+        return "forever"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        m, rest = divmod(s, 60)
+        return f"{m} min" + (f" {rest} s" if rest else "")
+    if round(s / 60) < 24 * 60:
+        h, rest = divmod(round(s / 60), 60)
+        return f"{h} h" + (f" {rest} min" if rest else "")
+    d, rest = divmod(round(s / 3600), 24)
+    return f"{d} d" + (f" {rest} h" if rest else "")
 
 
 # Defaults per preset. Numbers not named by a preset take the desktop values (so an override
@@ -116,8 +147,8 @@ class PolicySettings(BaseModel):
     @field_validator("start_idle", "continue_idle", "max_suspend", "locked_idle",
                      "no_start_before_end", mode="before")
     @classmethod
-    def _duration(cls, v: Any) -> Any:
-        return None if v is None else parse_duration(v)
+    def _duration(cls, v: Any, info: ValidationInfo) -> Any:
+        return None if v is None else parse_duration(v, info.field_name or "duration")
 
     @field_validator("max_cpu")
     @classmethod
@@ -172,7 +203,8 @@ class Observation:
     tell). present: an idle inhibitor is held. no_session: reliably nobody is logged in.
     non_grid_cpu: fraction of one core per core used by everything except the grid (None:
     unknown). on_battery: None when unknown or no battery. free_memory: bytes available.
-    owner_paused_until: time.time() seconds (math.inf: until resumed). suspended_for: seconds
+    owner_paused_until: time.time() seconds (math.inf: until resumed). owner_paused_by: who
+    paused it (user names, for the reason; None: unknown). suspended_for: seconds
     the units have been suspended (None: not suspended). running: the agent holds units.
     idle_detail: why the idle time is unknown (for the reason). locked: all screens locked.
     """
@@ -189,6 +221,7 @@ class Observation:
     running: bool
     idle_detail: str = ""
     locked: bool = False
+    owner_paused_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -276,11 +309,12 @@ class Policy:
         run = idle >= cont_need
         resume = run and cpu_why is None
         if idle < start_need:
-            why = f"owner active (idle {idle:.0f} s < {start_need:.0f} s)"
+            why = f"owner active (idle {format_duration(idle)} < {format_duration(start_need)})"
         else:
             why = cpu_why
         if not run:
-            stop = f"suspended: input (idle {idle:.0f} s < {cont_need:.0f} s)"
+            stop = (f"suspended: input (idle {format_duration(idle)} < "
+                    f"{format_duration(cont_need)})")
         else:
             stop = f"suspended: {cpu_why}" if cpu_why else None
         return _Gate(start, run, resume, False, why if not start else None, stop)
@@ -291,7 +325,7 @@ class Policy:
             return _Gate(False, False, False, True, "outside window", "outside window")
         left = self.schedule.seconds_until_close(obs.now)
         if left is not None and left < self.no_start_before_end:
-            return _Gate(False, True, True, False, f"window closes in {left / 60:.0f} min")
+            return _Gate(False, True, True, False, f"window closes in {format_duration(left)}")
         return _ALLOW
 
     def _gate(self, obs: Observation) -> _Gate:
@@ -322,11 +356,12 @@ class Policy:
         too_long = suspended and obs.suspended_for >= self.max_suspend  # type: ignore[operator]
         paused_until = obs.owner_paused_until
         if paused_until is not None and paused_until > obs.now.timestamp():
+            why = "paused by owner" + (f" ({obs.owner_paused_by})" if obs.owner_paused_by else "")
             if not obs.running:
-                return Verdict(False, "run", "paused", "paused by owner")
+                return Verdict(False, "run", "paused", why)
             if too_long:
-                return Verdict(False, "vacate", "paused", "paused by owner")
-            return Verdict(False, "suspend", "paused", "paused by owner")
+                return Verdict(False, "vacate", "paused", why)
+            return Verdict(False, "suspend", "paused", why)
         low = None
         if (self.min_free_memory and obs.free_memory is not None
                 and obs.free_memory < self.min_free_memory):
@@ -347,26 +382,26 @@ class Policy:
         if stop:
             if too_long:
                 return Verdict(False, "vacate", "waiting",
-                               f"suspended over {self.max_suspend:.0f} s ({stop})")
+                               f"suspended over {format_duration(self.max_suspend)} ({stop})")
             return Verdict(False, "suspend", "suspended", stop)
         return Verdict(gate.start and not battery, "run", "running", None)
 
     def describe(self) -> str:
-        """One line for the agent's start, e.g. "desktop (start after 900 s without input ...)"."""
+        """One line for the agent's start, e.g. "desktop (start after 15 min without input ...)"."""
         p = self.preset
         parts = []
         if p in ("desktop", "desktop-or-night"):
-            parts.append(f"start after {self.start_idle:.0f} s without input and non-grid CPU "
-                         f"<= {self.max_cpu:.0%}, suspend on input, continue after "
-                         f"{self.continue_idle:.0f} s idle")
+            parts.append(f"start after {format_duration(self.start_idle)} without input and "
+                         f"non-grid CPU <= {self.max_cpu:.0%}, suspend on input, continue "
+                         f"after {format_duration(self.continue_idle)} idle")
         if p in ("night", "desktop-or-night") and self.schedule is not None:
             parts.append(f"window {self.schedule.spec} ({self.schedule.tz}), no new unit in "
-                         f"its last {self.no_start_before_end / 60:.0f} min")
+                         f"its last {format_duration(self.no_start_before_end)}")
         if p == "always":
             parts.append("run whenever there is work: the desktop's owner is not watched "
                          "(use --policy desktop, or install the service, to yield to the owner)")
         else:
-            parts.append(f"vacate after {self.max_suspend:.0f} s suspended")
+            parts.append(f"vacate after {format_duration(self.max_suspend)} suspended")
         if not self.allow_battery:
             parts.append("not on battery")
         if self.min_free_memory:

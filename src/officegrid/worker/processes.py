@@ -12,8 +12,14 @@ listed in DESIGN.md:
   and leave the group. Every runner therefore carries ``OFFICEGRID_MARKER=<marker>`` in its
   environment, which all its descendants inherit; :meth:`RunnerProcess.kill_tree`,
   :meth:`RunnerProcess.suspend` and :func:`sweep_leftovers` also find processes by that marker.
-  (A process that clears its environment before escaping is not found; cgroups/job objects would
-  close that hole and are a TODO.)
+  (A process that clears its environment before escaping is not found by the marker; a cgroup
+  closes that hole, see below, and so does the job object on Windows.)
+* **A cgroup cannot be left by accident.** Where the agent has a writable cgroup v2 subtree
+  (:mod:`officegrid.worker.cgroup`), the runner is moved into the unit's own cgroup before any
+  of its code runs, so every descendant is born there. Suspend then freezes the cgroup (no
+  rescans: the kernel freezes a process that forks at that moment too), resume thaws it, and
+  :meth:`RunnerProcess.kill_tree` also ends everything listed in ``cgroup.procs``
+  (``cgroup.kill``). Without a cgroup everything below works as it always did.
 * **A stopped process does not act on SIGTERM.** A SIGSTOPped process keeps SIGTERM pending and
   cannot run a handler until it is continued, so :meth:`RunnerProcess.kill_tree` sends SIGCONT
   before SIGTERM, and ends with SIGKILL (which acts on stopped processes) after a grace period.
@@ -25,15 +31,24 @@ listed in DESIGN.md:
 * **Lowest priority.** The runner gets nice 19 and, on Linux, the idle I/O class, set with psutil
   right after exec: the runner is then still single-threaded, and on Linux nice/ionice are per
   thread but inherited by every thread and process created later. (No ``preexec_fn``: it is not
-  safe in a multi-threaded supervisor.)
+  safe in a multi-threaded supervisor.) On macOS the runner is also put in the Darwin
+  background policy (:mod:`officegrid.worker.darwin`, ``taskpolicy -b``: CPU, I/O and network),
+  which its children inherit.
 * **Never block the supervisor.** Control messages are read by a thread into a queue;
   :meth:`RunnerProcess.read_message` takes a timeout, so the supervisor keeps heartbeating and
   watching the owner whatever the runner does.
 
-Windows (TODO): the runner starts with CREATE_NEW_PROCESS_GROUP and IDLE_PRIORITY_CLASS, and the
-tree is found by children + marker and suspended/killed with psutil; putting it in a job object
-(kill-on-close) is still to do, and CTRL_BREAK cannot reach a console-less child, so a graceful
-stop is always asked for over the runner's stdin (:meth:`RunnerProcess.request_stop`).
+Windows: the runner starts with CREATE_NEW_PROCESS_GROUP, IDLE_PRIORITY_CLASS and
+CREATE_SUSPENDED, is put into its own job object (:mod:`officegrid.worker.winjob`:
+kill-on-close, idle priority enforced for every member, ``max_memory`` as the job memory
+limit) and only then resumed, so none of its code, nor any child, runs outside the job. Suspend
+and resume are NtSuspendProcess / NtResumeProcess over the job's process list (in rounds until
+nothing new appears), kill is TerminateJobObject, and if the agent dies the kernel kills the
+tree when the job handle closes. If the job cannot be made the tree is found by children +
+marker and handled with psutil, as before. CTRL_BREAK cannot reach a console-less child, so a
+graceful stop is always asked for over the runner's stdin (:meth:`RunnerProcess.request_stop`).
+The Windows and macOS parts are verified by unit tests only (tests/unit/test_winjob.py,
+test_darwin.py, test_processes_platform.py), not on real Windows or macOS machines.
 """
 
 from __future__ import annotations
@@ -52,6 +67,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import psutil
+
+from officegrid.worker import darwin, winjob
+from officegrid.worker.cgroup import UnitCgroup
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +260,9 @@ def _wait_until_gone(procs: list[psutil.Process], timeout: float) -> bool:
 def set_lowest_priority(pid: int) -> tuple[bool, bool]:
     """Give process ``pid`` the lowest CPU priority and, where possible, the idle I/O class.
 
-    POSIX: nice 19; Linux: ionice IOPRIO_CLASS_IDLE; Windows: IDLE_PRIORITY_CLASS and very low I/O.
+    POSIX: nice 19; Linux: ionice IOPRIO_CLASS_IDLE; Windows: IDLE_PRIORITY_CLASS and very low I/O;
+    macOS: also the Darwin background policy (:func:`officegrid.worker.darwin.set_background`,
+    inherited by its children; it counts as ``io_ok``).
     Failures (not permitted, process gone) are logged and ignored. Returns ``(cpu_ok, io_ok)``.
     """
     cpu_ok = io_ok = False
@@ -264,6 +284,8 @@ def set_lowest_priority(pid: int) -> tuple[bool, bool]:
             io_ok = True
     except (psutil.Error, OSError, ValueError) as exc:
         log.info("cannot set the idle I/O class for pid %d: %s", pid, exc)
+    if sys.platform == "darwin":  # background band: CPU, I/O and network (taskpolicy -b)
+        io_ok = darwin.set_background(pid) or io_ok
     return cpu_ok, io_ok
 
 
@@ -278,6 +300,8 @@ def spawn_runner(
     stderr_path: str | os.PathLike[str],
     env: Mapping[str, str] | None,
     marker: str,
+    cgroup: UnitCgroup | None = None,
+    max_memory: int | None = None,
 ) -> RunnerProcess:
     """Start ``python RUNNER_PATH spec_path`` for one attempt and return its handle.
 
@@ -290,6 +314,17 @@ def spawn_runner(
       process group with idle priority. Every fd but the three pipes/files is closed in the child.
     - The child gets the lowest CPU and I/O priority (:func:`set_lowest_priority`) before this
       returns.
+    - ``cgroup`` (Linux, optional): the unit's cgroup (:meth:`CgroupBase.unit
+      <officegrid.worker.cgroup.CgroupBase.unit>`). The child is ``/bin/sh`` that writes ``0``
+      into its ``cgroup.procs`` (moving itself) and then execs the runner, keeping its pid: the
+      runner and all it starts are in the cgroup from their first instruction. If the move is
+      refused the child exits with code 125 before the runner starts (the message is in
+      ``stderr_path``). The handle then freezes, thaws and kills through the cgroup, and
+      removes it in :meth:`RunnerProcess.close`.
+    - Windows: the child is created suspended, put into its own job object (kill on close,
+      ``max_memory`` bytes as the job's memory limit when given) and only then resumed
+      (:func:`officegrid.worker.winjob.start_in_job`); the handle then suspends, resumes and
+      kills through the job. ``max_memory`` is ignored elsewhere (the cgroup carries the cap).
 
     Spawn from a long-lived thread: on Linux the runner's PR_SET_PDEATHSIG fires when the thread
     that forked it exits; the signal is SIGCONT, harmless to a running unit but it would wake a
@@ -310,10 +345,16 @@ def spawn_runner(
             subprocess.CREATE_NEW_PROCESS_GROUP
             | subprocess.IDLE_PRIORITY_CLASS
             | subprocess.CREATE_NO_WINDOW
+            | winjob.CREATE_SUSPENDED  # resumed once it is in its job (start_in_job)
         )
+    argv = [os.fspath(python), str(RUNNER_PATH), os.fspath(spec_path)]
+    if cgroup is not None:
+        # No preexec_fn (unsafe with threads): a shell moves itself, then becomes the runner.
+        argv = ["/bin/sh", "-c", 'echo 0 > "$0" || exit 125; exec "$@"',
+                os.fspath(cgroup.procs_file), *argv]
     with open(stderr_path, "ab") as stderr:
         popen = subprocess.Popen(
-            [os.fspath(python), str(RUNNER_PATH), os.fspath(spec_path)],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -322,22 +363,32 @@ def spawn_runner(
             close_fds=True,
             **kwargs,
         )
-    set_lowest_priority(popen.pid)
-    return RunnerProcess(popen, marker)
+    job = None
+    if not IS_POSIX:  # pragma: no cover - Windows: into its job before its first instruction
+        job = winjob.start_in_job(popen, max_memory)
+    set_lowest_priority(popen.pid)  # inherited across the shell's exec
+    return RunnerProcess(popen, marker, cgroup, job)
 
 
 class RunnerProcess:
     """Handle on one running unit runner (and, through its group and marker, its whole tree).
 
-    Attributes: ``pid`` (int, also the process group id on POSIX), ``marker`` (str).
+    Attributes: ``pid`` (int, also the process group id on POSIX), ``marker`` (str),
+    ``cgroup`` (the unit's :class:`~officegrid.worker.cgroup.UnitCgroup`, or None: signals only),
+    ``oom_kills`` (processes the kernel killed over the cgroup's memory.max, as last read).
     Methods may be called from any thread; suspend/resume/kill_tree are serialised.
     Use as a context manager (or call :meth:`close`) so that nothing outlives the handle.
     """
 
-    def __init__(self, popen: subprocess.Popen, marker: str) -> None:
+    def __init__(self, popen: subprocess.Popen, marker: str,
+                 cgroup: UnitCgroup | None = None, job: winjob.UnitJob | None = None) -> None:
         self._popen = popen
         self.pid: int = popen.pid
         self.marker: str = marker
+        self.cgroup = cgroup
+        self.job = job  # Windows: the unit's job object (winjob), or None
+        self.oom_kills = 0
+        self._signalled = False  # stopped with SIGSTOP (no cgroup, or freezing failed)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._eof = False
         self._lock = threading.RLock()
@@ -474,8 +525,8 @@ class RunnerProcess:
 
     def tree(self) -> list[psutil.Process]:
         """Live processes of this runner's tree: the runner, its process-group members, its
-        descendants, and every process carrying this runner's marker (this process and its
-        ancestors excluded). Zombies are left out."""
+        descendants, every process carrying this runner's marker and every process in its
+        cgroup (this process and its ancestors excluded). Zombies are left out."""
         procs: dict[int, psutil.Process] = {}
         if self._popen.poll() is None:
             try:
@@ -489,11 +540,26 @@ class RunnerProcess:
             procs.setdefault(proc.pid, proc)
         for proc in find_marked(self.marker.__eq__):
             procs.setdefault(proc.pid, proc)
+        for pid in self.cgroup.procs() if self.cgroup is not None else ():
+            with contextlib.suppress(psutil.Error):
+                procs.setdefault(pid, psutil.Process(pid))
+        with contextlib.suppress(OSError):  # Windows: every member of the job
+            for pid in self.job.pids() if self.job is not None else ():
+                with contextlib.suppress(psutil.Error):
+                    procs.setdefault(pid, psutil.Process(pid))
         protected = _protected_pids()
         return [p for pid, p in procs.items() if pid not in protected and _is_live(p)]
 
     def suspend(self) -> list[int]:
-        """Stop the whole tree (SIGSTOP; psutil suspend on Windows). Returns the pids stopped.
+        """Stop the whole tree. Returns the pids stopped.
+
+        With a cgroup: freeze it and wait (briefly, see ``cgroup.FREEZE_WAIT``) for the kernel to
+        report it frozen; returns the pids in the cgroup. If the cgroup cannot be frozen (an
+        OSError), or without one: the signals below.
+
+        With a job object (Windows): :meth:`UnitJob.suspend
+        <officegrid.worker.winjob.UnitJob.suspend>` (NtSuspendProcess in rounds; psutil if the
+        job cannot be listed). Without: SIGSTOP (psutil suspend on Windows).
 
         ``killpg`` stops the group atomically (the kernel holds back a fork racing with a group
         signal), but processes that left the group are found by a scan and can fork between the
@@ -502,6 +568,26 @@ class RunnerProcess:
         meant to stay suspended (nothing then escapes for long).
         """
         with self._lock:
+            cg = self.cgroup
+            if cg is not None:
+                try:
+                    if not cg.freeze():
+                        log.info("runner %d: %s is still freezing (a process in uninterruptible "
+                                 "sleep?); the kernel completes it", self.pid, cg.path)
+                    self.suspended = True
+                    return cg.procs()
+                except OSError as exc:
+                    log.warning("runner %d: cannot freeze %s (%s): stopping it with SIGSTOP",
+                                self.pid, cg.path, exc)
+            if self.job is not None:  # Windows: NtSuspendProcess over the job, in rounds
+                try:
+                    pids = self.job.suspend()
+                    self.suspended = True
+                    return pids
+                except OSError as exc:
+                    log.warning("runner %d: cannot list its job (%s): suspending it with psutil",
+                                self.pid, exc)
+            self._signalled = True
             self._signal_group(signal.SIGSTOP if IS_POSIX else 0)
             stopped: set[int] = set()
             for _ in range(_MAX_ROUNDS):
@@ -515,10 +601,22 @@ class RunnerProcess:
             return sorted(stopped)
 
     def resume(self) -> list[int]:
-        """Continue the whole tree (SIGCONT; psutil resume on Windows). Returns the pids resumed."""
+        """Continue the whole tree: thaw its cgroup, and SIGCONT (psutil resume on Windows)
+        whatever was stopped with signals. Returns the pids resumed."""
         with self._lock:
-            self._signal_group(signal.SIGCONT if IS_POSIX else 0)
-            resumed = [p.pid for p in self.tree() if _send(p, "cont")]
+            resumed: list[int] = []
+            if self.cgroup is not None:
+                try:
+                    self.cgroup.thaw()
+                    resumed = self.cgroup.procs()
+                except OSError as exc:
+                    log.warning("runner %d: cannot thaw %s: %s", self.pid, self.cgroup.path, exc)
+            if self.job is not None:  # exactly the processes the job suspended (counts nest)
+                resumed = self.job.resume()
+            if (self.cgroup is None and self.job is None) or self._signalled:
+                self._signal_group(signal.SIGCONT if IS_POSIX else 0)
+                resumed = [p.pid for p in self.tree() if _send(p, "cont")]
+            self._signalled = False
             self.suspended = False
             return sorted(resumed)
 
@@ -527,18 +625,21 @@ class RunnerProcess:
             return True
         if any(_is_live(p) for p in known):
             return True
+        if self.cgroup is not None and self.cgroup.populated:
+            return True
         return bool(_group_members(self.pid))
 
     def kill_tree(self, grace: float = 5.0) -> int | None:
         """End the runner and everything it started; returns the runner's exit code.
 
-        1. Continue the tree (SIGCONT): a stopped process cannot run a SIGTERM handler (clean
-           up, flush) until it is continued.
+        1. Continue the tree (thaw its cgroup, SIGCONT): a stopped or frozen process cannot run
+           a SIGTERM handler (clean up, flush) until it is continued.
         2. SIGTERM the group and every process of :meth:`tree` (escaped ones included).
         3. Wait up to ``grace`` seconds for all of them to end (0: do not wait).
-        4. SIGKILL the group and rescan (group, descendants, marker) until a scan finds nothing
-           alive, waiting up to 5 s for SIGKILLed processes to go (a process in uninterruptible
-           sleep can outlast that; it is then logged and left to :func:`sweep_leftovers`).
+        4. SIGKILL the group and the cgroup (``cgroup.kill``) and rescan (group, descendants,
+           marker, cgroup) until a scan finds nothing alive, waiting up to 5 s for SIGKILLed
+           processes to go (a process in uninterruptible sleep can outlast that; it is then
+           logged and left to :func:`sweep_leftovers`).
         5. Reap the runner.
 
         Safe to call at any time, also after the runner exited (leftover grandchildren are still
@@ -548,6 +649,11 @@ class RunnerProcess:
         """
         with self._lock:
             known = self.tree()
+            if self.job is not None:  # Windows: TerminateJobObject, suspended members too
+                self.job.terminate()
+            if self.cgroup is not None:
+                with contextlib.suppress(OSError):
+                    self.cgroup.thaw()
             self._signal_group(signal.SIGCONT if IS_POSIX else 0)
             for proc in known:
                 _send(proc, "cont")
@@ -567,6 +673,9 @@ class RunnerProcess:
             kill_deadline = time.monotonic() + _KILL_TIMEOUT
             for _ in range(_MAX_ROUNDS):
                 self._signal_group(signal.SIGKILL if IS_POSIX else 0)
+                if self.cgroup is not None:
+                    with contextlib.suppress(OSError):
+                        self.cgroup.kill()
                 alive = self.tree()
                 if not alive:
                     break
@@ -576,20 +685,53 @@ class RunnerProcess:
                 if not _wait_until_gone(alive, max(0.0, kill_deadline - time.monotonic())):
                     break
             leftover = [p.pid for p in killed if _is_live(p)]
+            if self.cgroup is not None and not self.cgroup.wait_empty(
+                    max(0.0, kill_deadline - time.monotonic())):
+                leftover += self.cgroup.procs()
             if leftover:
                 log.warning("runner %d: processes survived SIGKILL: %s", self.pid, leftover)
             self.suspended = False
+            self._signalled = False
             return self.wait(max(0.0, kill_deadline - time.monotonic()) + 0.1)
+
+    def memory_oom_kills(self) -> int:
+        """How many of the tree's processes the kernel killed for going over the cgroup's
+        ``memory.max`` (0 without a cgroup or a memory cap). Still answers after
+        :meth:`close` (the count read just before the cgroup was removed)."""
+        if self.cgroup is not None and not self._closed:
+            self.oom_kills = max(self.oom_kills, self.cgroup.oom_kills())
+        if self.job is not None:  # Windows: allocations refused over the job memory limit
+            self.oom_kills = max(self.oom_kills, self.job.memory_limit_hits())
+        return self.oom_kills
+
+    def memory_cap_error(self, max_memory: int | None) -> str | None:
+        """The attempt's failure text if the kernel enforced the memory cap on this tree
+        (cgroup ``memory.max`` or the Windows job memory limit), else None."""
+        hits = self.memory_oom_kills()
+        if not hits:
+            return None
+        if self.job is not None:
+            return winjob.memory_limit_error(max_memory, hits)
+        from officegrid.worker.cgroup import memory_cap_error
+
+        return memory_cap_error(max_memory, hits)
 
     # -- lifetime -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Kill whatever is left of the tree (``kill_tree(grace=0)``), close the pipes and join
-        the reader thread. Idempotent. Messages already received can still be read."""
+        """Kill whatever is left of the tree (``kill_tree(grace=0)``), remove its cgroup (after
+        reading its OOM count, see :meth:`memory_oom_kills`), close the pipes and join the reader
+        thread. Idempotent. Messages already received can still be read."""
         if self._closed:
             return
-        self._closed = True
         self.kill_tree(grace=0.0)
+        self.memory_oom_kills()
+        self._closed = True
+        if self.job is not None:
+            self.job.close()  # kill on close: nothing of the tree outlives the handle
+        if self.cgroup is not None and not self.cgroup.remove(timeout=1.0):
+            log.warning("runner %d: cannot remove %s (left for the next start's sweep)",
+                        self.pid, self.cgroup.path)
         with contextlib.suppress(OSError, ValueError):
             self._popen.stdin.close()
         self._reader.join(timeout=2.0)

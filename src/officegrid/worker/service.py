@@ -15,6 +15,10 @@ and a small reporter started at each logon tells it about the session's input:
 :func:`plan_install` / :func:`plan_uninstall` only *describe* the files and commands (pure, unit
 tested); :func:`apply` writes the files (under ``root`` instead of ``/`` if given) and runs the
 commands (never with a ``root`` or in a dry run).
+
+The join token goes into the service's config file only (0640 root:<service account>; on
+Windows with its inherited rights removed), never onto a command line (unit, plist, task, Run
+key, installer commands): every local user can read those (``ps``, ``systemctl show``).
 """
 
 from __future__ import annotations
@@ -342,6 +346,10 @@ def _plan_windows(command: list[str], server: str, enroll: str | None, policy: s
         ["icacls", str(base), "/grant", "*S-1-5-19:(OI)(CI)M"],
         ["icacls", str(work_dir / "sessions"), "/grant", "*S-1-5-32-545:(RD,X,RA,REA,RC,WD)",
          "*S-1-3-0:(OI)(IO)M"],
+        # The config holds the join token: ProgramData lets every user read what it holds, so
+        # drop the inherited rights; only SYSTEM, Administrators and the service read it.
+        ["icacls", str(config), "/inheritance:r", "/grant:r", "*S-1-5-18:F", "*S-1-5-32-544:F",
+         "*S-1-5-19:R"],
         ["setx", "/M", "OFFICEGRID_CONFIG", str(config)],
         ["schtasks", "/Create", "/TN", WIN_TASK, "/XML", str(task), "/F"],
         ["reg", "add", WIN_RUN_KEY, "/v", WIN_RUN_VALUE, "/t", "REG_SZ", "/d", reporter, "/f"],

@@ -14,6 +14,9 @@ opened without following symlinks (open_sessions_dir); the reader opens only reg
 singly-linked, small files, never follows a symlink or blocks on a FIFO, and checks that a file
 is owned by the uid its report claims. A report only vouches for sessions of its own uid (see
 officegrid.worker.idle.combine).
+
+The same directory carries the owner's pauses (``<uid>.pause``) and the agent's status
+(``<uid>.agent``): see officegrid.worker.pause. Only ``*.json`` files are reports.
 """
 
 from __future__ import annotations
@@ -144,26 +147,36 @@ def write_report(directory: Path, report: Report, dir_fd: int | None = None) -> 
     dir_fd: an open fd of `directory` (open_sessions_dir): every step then goes through it,
     so the directory cannot be swapped for a symlink in between. Raises OSError.
     """
-    name = report_name(report.uid, report.session)
+    return write_atomic(directory, report_name(report.uid, report.session), report.to_json(),
+                        dir_fd=dir_fd, prefix=str(report.uid))
+
+
+def write_atomic(directory: Path, name: str, text: str, dir_fd: int | None = None,
+                 prefix: str = "") -> Path:
+    """Atomically replace ``<directory>/<name>`` with `text` (mode 0644, readable by the
+    agent's account): a temporary file created with O_EXCL | O_NOFOLLOW, then a rename, both
+    through `dir_fd` when given (see write_report). Used for session reports, owner pauses
+    and the agent's status (officegrid.worker.pause). Returns the path; raises OSError.
+    """
     path = Path(directory) / name
     if sys.platform == "win32":
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{report.uid}-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{prefix}-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
-                fh.write(report.to_json())
+                fh.write(text)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY) if dir_fd is None else dir_fd
-    tmp = f".{report.uid}-{secrets.token_hex(8)}.tmp"
+    tmp = f".{prefix}-{secrets.token_hex(8)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
                      dir_fd=dfd)
         try:
             with os.fdopen(fd, "w") as fh:
-                fh.write(report.to_json())
+                fh.write(text)
                 os.fchmod(fh.fileno(), 0o644)  # the agent's account must read it
             os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
@@ -206,8 +219,9 @@ def combine_reports(reports: list[Report], now: float | None = None,
                        sessions=len(fresh), locked=locked, per_session=per_session)
 
 
-def _open_report(path: str) -> tuple[str, int] | None:
-    """(text, owner uid) of a regular report file, or None for anything else.
+def open_small_file(path: str, dir_fd: int | None = None) -> tuple[str, int] | None:
+    """(text, owner uid) of a regular file of the sessions directory, or None for anything
+    else (`path` relative to `dir_fd` when given).
 
     The sessions directory is world-writable: another user may plant a symlink (to a file the
     agent can read, or to /dev/zero), a FIFO (open() would block the owner monitor forever), a
@@ -216,7 +230,7 @@ def _open_report(path: str) -> tuple[str, int] | None:
     """
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, flags, dir_fd=dir_fd)
     except OSError:
         return None  # a symlink (ELOOP), removed meanwhile, or unreadable
     try:
@@ -249,7 +263,7 @@ def read_reports(directory: Path) -> list[Report]:
     for entry in entries:
         if not entry.name.endswith(".json") or entry.name.startswith("."):
             continue
-        opened = _open_report(entry.path)
+        opened = open_small_file(entry.path)
         if opened is None:
             continue
         text, st_uid = opened
@@ -259,6 +273,11 @@ def read_reports(directory: Path) -> list[Report]:
             continue  # garbage: not a live reporter
         if sys.platform != "win32" and st_uid not in (report.uid, 0):
             continue  # a file claiming another user's session
+        if sys.platform == "win32":  # no uids: the owner SID must be the session's user
+            from officegrid.worker.idle.winowner import report_owner_ok
+
+            if not report_owner_ok(entry.path, report.session):
+                continue
         out.append(report)
     return out
 
