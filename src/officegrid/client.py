@@ -32,6 +32,12 @@ from officegrid.config import DEFAULT_SERVER
 RETRY_STATUS = {429, 502, 503, 504}
 
 
+DATA_WRITE_TIMEOUT = 3600.0
+"""Seconds a data source write (create, apply, sql) may take on the server before the answer:
+it answers only when done, and a million-row apply with its change log took ~90 s here (the
+default 60 s timed out although the server applied the change)."""
+
+
 class ApiError(Exception):
     """The server refused a request.
 
@@ -90,7 +96,7 @@ class Client:
                                  else True, event_hooks={"response": [self._pace]})
         self.bytes_sent = 0
         self.bytes_received = 0
-        #: ``sync.bandwidth.TokenBucket`` pacing bulk downloads (blob bodies) as they are read
+        #: ``sync.bandwidth.TokenBucket`` pacing bulk downloads (blobs, data) as they are read
         #: from the socket; None: unlimited. One per agent, shared by all its transfers.
         self.bandwidth: Any = None
 
@@ -105,7 +111,8 @@ class Client:
 
     # ------------------------------------------------------------------ transport
 
-    def request(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
+    def request(self, method: str, path: str, *, json: Any = None,
+                content: bytes | FileUpload | None = None,
                 params: dict | None = None, headers: dict | None = None,
                 timeout: float | None = None, idempotent: bool = True,
                 stream: bool = False) -> httpx.Response:
@@ -158,13 +165,14 @@ class Client:
             time.sleep(delay)
 
     def _pace(self, resp: httpx.Response) -> None:
-        """httpx response hook: pace blob bodies (bulk downloads) through ``self.bandwidth``
-        per piece read from the socket, whether the body is read at once or streamed."""
+        """httpx response hook: pace bulk answers (blob bodies, data snapshots, log batches and
+        repair rows) through ``self.bandwidth`` per piece read from the socket, whether the body
+        is read at once or streamed."""
         bucket = self.bandwidth
         if bucket is None or resp.status_code >= 400:
             return
         kind = resp.headers.get("content-type", "").split(";")[0].strip()
-        if kind in (p.ZSTD, p.BLOB_FETCH):
+        if kind in (p.ZSTD, p.ZSTD_JSON, p.BLOB_FETCH):
             resp.stream = _PacedStream(resp.stream, bucket)
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
@@ -503,19 +511,32 @@ class Client:
 
     def data_create(self, name: str, sqlite_file: str | Path, replace: bool = False) -> dict:
         """Upload a SQLite file as data source ``name`` (compressed); return its status."""
-        data = compress(Path(sqlite_file).read_bytes())
-        return self._json("PUT", p.DATA_SOURCE.format(name=name), content=data,
+        # Compressed while sent, from disk: a big source is never whole in memory.
+        return self._json("PUT", p.DATA_SOURCE.format(name=name),
+                          content=FileUpload(sqlite_file),
                           params={"replace": str(replace).lower()},
-                          headers={"Content-Type": p.ZSTD}, idempotent=False)
+                          headers={"Content-Type": p.ZSTD}, idempotent=False,
+                          timeout=DATA_WRITE_TIMEOUT)
 
     def data_apply(self, name: str, table: str | None = None, *,
                    upsert: list[dict] | None = None, delete: list[list] | None = None) -> dict:
         body = p.DataApply(table=table, upsert=upsert, delete=delete).model_dump(mode="json")
-        return self._zjson("POST", p.DATA_APPLY.format(name=name), body, idempotent=False)
+        return self._zjson("POST", p.DATA_APPLY.format(name=name), body, idempotent=False,
+                           timeout=DATA_WRITE_TIMEOUT)
+
+    def data_apply_file(self, name: str, stage_file: str | Path,
+                        table: str | None = None) -> dict:
+        """Apply a stage file (``sync/replication/staging.py``) to ``name`` in one transaction,
+        streamed compressed from disk; return ``{"rows", "epoch", "pos"}``. A row the master
+        refuses raises :class:`ApiError` with ``record N: problem``."""
+        return self._json("POST", p.DATA_APPLY.format(name=name), content=FileUpload(stage_file),
+                          params={"table": table} if table else None,
+                          headers={"Content-Type": p.ZSTD}, idempotent=False,
+                          timeout=DATA_WRITE_TIMEOUT)
 
     def data_sql(self, name: str, sql: str) -> dict:
         return self._json("POST", p.DATA_SQL.format(name=name), json={"sql": sql},
-                          idempotent=False)
+                          idempotent=False, timeout=DATA_WRITE_TIMEOUT)
 
     def data_purge(self, name: str, before: int) -> dict:
         return self._json("POST", p.DATA_PURGE.format(name=name), json={"before": before})
@@ -523,13 +544,21 @@ class Client:
     def data_status(self, name: str) -> dict:
         return self._json("GET", p.DATA_SOURCE.format(name=name))
 
-    def data_log(self, name: str, epoch: str, after: int, max_entries: int = 1000) -> dict:
-        """Log entries after ``after``. Raises ``replication.errors.NeedsRepair`` on 409 resync."""
+    def data_log(self, name: str, epoch: str, after: int, max_entries: int = 1000,
+                 replica: str | None = None, wait: float = 0.0) -> dict:
+        """Log entries after ``after``. ``replica``: this replica's name (the server records
+        ``(epoch, after)`` as its position); ``wait``: long-poll seconds while there is nothing
+        new. Raises ``replication.errors.NeedsRepair`` on 409 resync."""
         from officegrid.sync.replication.errors import NeedsRepair
 
+        params: dict[str, Any] = {"epoch": epoch, "after": after, "max": max_entries}
+        if replica:
+            params["replica"] = replica
+        if wait > 0:
+            params["wait"] = wait
         try:
-            return self._zjson("GET", p.DATA_LOG.format(name=name),
-                               params={"epoch": epoch, "after": after, "max": max_entries})
+            return self._zjson("GET", p.DATA_LOG.format(name=name), params=params,
+                               timeout=self._timeout + wait)
         except ApiError as exc:
             if exc.code == p.E_RESYNC:
                 raise NeedsRepair(exc.message) from None
@@ -578,6 +607,40 @@ class Client:
     def data_report(self, name: str, replica: str, epoch: str, pos: int) -> None:
         self.request("PUT", p.DATA_REPLICA.format(name=name),
                      json={"replica": replica, "epoch": epoch, "pos": pos})
+
+
+class FileUpload:
+    """A request body that reads a file from disk and zstd-compresses it piece by piece while
+    it is sent (chunked), so an upload never holds the file in memory. Iterable again for a
+    retry; ``len()`` is the compressed bytes of the last pass (``Client.bytes_sent``)."""
+
+    def __init__(self, path: str | Path, piece: int = 1 << 20) -> None:
+        self.path = Path(path)
+        self.piece = piece
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        import zstandard
+
+        from officegrid.cas import ZSTD_LEVEL
+
+        self.sent = 0
+        comp = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+        with open(self.path, "rb") as f:
+            while block := f.read(self.piece):
+                out = comp.compress(block)
+                if out:
+                    self.sent += len(out)
+                    yield out
+        out = comp.flush()
+        self.sent += len(out)
+        yield out
+
+    def __len__(self) -> int:
+        return self.sent
+
+    def __bool__(self) -> bool:
+        return True
 
 
 class _PacedStream(httpx.SyncByteStream):

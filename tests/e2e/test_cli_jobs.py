@@ -283,7 +283,9 @@ def test_cancel_running_job(mgrid, cli, tmp_path):
     attempts = mgrid.admin.attempts(job_id=job)
     assert attempts, "no attempt ran"
     assert all(a["leased_at"] <= info["finished_at"] for a in attempts), attempts
-    assert {a["state"] for a in attempts} <= {"aborted", "completed"}, attempts
+    # A unit that finished between the cancel and its worker's next heartbeat reports a result
+    # the cancelled job no longer takes: discarded.
+    assert {a["state"] for a in attempts} <= {"aborted", "completed", "discarded"}, attempts
     assert any(a["state"] == "aborted" for a in attempts), attempts
     final = mgrid.admin.job(job)
     assert final["state"] == "cancelled"

@@ -94,3 +94,28 @@ def test_a_real_worker_replicates_before_it_leases(grid, tmp_path) -> None:
     st = admin.data_status("ref")
     assert any(r["replica"].startswith("replicator") and r["pos"] >= head["pos"]
                for r in st["replicas"]), st["replicas"]
+
+
+def test_the_agent_bandwidth_cap_paces_log_batches_too(grid, tmp_path) -> None:
+    """The client's bucket (``--max-bandwidth``) sees every data answer it reads, not only
+    snapshots: here a log batch."""
+    from officegrid.client import Client
+    from officegrid.sync.bandwidth import TokenBucket
+
+    class Counting(TokenBucket):
+        def __init__(self) -> None:
+            super().__init__(1e12)
+            self.taken = 0
+
+        def consume(self, n: int) -> None:
+            self.taken += n
+            super().consume(n)
+
+    st = make_source(grid.admin, tmp_path)
+    grid.admin.data_sql("ref", "UPDATE ref SET v = v || '!'")
+    with Client(grid.server.url, grid.server.admin_token) as c:
+        c.bandwidth = Counting()
+        before = c.bytes_received
+        batch = c.data_log("ref", st["epoch"], st["pos"])
+        assert len(batch["entries"]) == 20
+        assert c.bandwidth.taken == c.bytes_received - before > 0

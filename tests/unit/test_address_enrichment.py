@@ -241,3 +241,110 @@ def test_missing_reference_data_and_bad_config(tmp_path, zips_csv):
     (d / "config.json").write_text('{"features": ["regoin"]}')
     with pytest.raises(ValueError, match="regoin"):
         load_enrich(d, "enrich_badconfig")
+
+
+# ------------------------------------------------------------------------------------------
+# The data source path: ctx.data("zips") on a real replica (the runner's own Context)
+
+
+@pytest.fixture(scope="module")
+def zips_source(tmp_path_factory, zips_csv):
+    """A real master made from the ZIP export (key zip) and a real replica of it."""
+    from officegrid.sync.replication import master
+    from officegrid.sync.replication.remote import LocalRemote
+    from officegrid.sync.replication.replica import Replica
+    from officegrid.sync.replication.service import MasterService
+
+    tmp = tmp_path_factory.mktemp("zips-source")
+    (tmp / "data").mkdir()
+    svc = MasterService(tmp / "data", "zips")
+    master.build_from_file(svc.path, zips_csv, key="zip", table="zips")
+    master.adopt(svc.path, svc.state)
+    rep = Replica(tmp / "replica.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    yield svc, rep
+    rep.close()
+
+
+def unit_ctx(release_dir: Path, replica_path: Path | None):
+    """The runner's Context for one unit, declaring ``zips`` when a replica path is given."""
+    import logging
+
+    from officegrid.worker.runner import Context
+
+    spec = {"release_dir": str(release_dir),
+            "data": {"zips": str(replica_path)} if replica_path else {}}
+    return Context(spec, logging.getLogger("test.enrich"))
+
+
+@pytest.fixture(scope="module")
+def enrich_nodata(tmp_path_factory, zips_csv) -> ModuleType:
+    """Release 1 without data/zips.csv: it can only work from the data source."""
+    d = prepare_example(tmp_path_factory.mktemp("r1nd") / "ae", release=1, reference_data=False)
+    assert not (d / "data" / "zips.csv").exists()
+    return load_enrich(d, "enrich_release1_nodata")
+
+
+def test_replica_gives_the_same_results_as_the_csv(generated, enrich_nodata, zips_source,
+                                                   tmp_path):
+    _, rep = zips_source
+    ctx = unit_ctx(tmp_path, rep.path)
+    for r, _, o in generated:
+        assert enrich_nodata.process(dict(r), ctx) == o
+    assert ctx.data_positions() == {"zips": rep.position().pos}
+
+
+def test_job_without_the_source_reads_the_release_csv(enrich, tmp_path):
+    ctx = unit_ctx(tmp_path, None)
+    out = enrich.process(rec("10001", "New York", "NY"), ctx)
+    assert out == enrich.process(rec("10001", "New York", "NY"), None)
+    assert ctx.data_positions() == {}
+
+
+def test_job_without_source_nor_csv_says_how_to_fix(enrich_nodata, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data zips"):
+        enrich_nodata.process(rec("10001", "New York", "NY"), unit_ctx(tmp_path, None))
+
+
+def test_a_unit_keeps_its_snapshot_and_the_next_unit_sees_the_change(enrich_nodata, zips_source,
+                                                                      ref, tmp_path):
+    from officegrid.sync.replication import master
+
+    svc, rep = zips_source
+    seattle = rec("98101", "Seattle", "WA")
+    manhattan = rec("10001", "New York", "NY")
+    early = unit_ctx(tmp_path, rep.path)
+    before_s = enrich_nodata.process(dict(seattle), early)
+    before_m = enrich_nodata.process(dict(manhattan), early)
+    assert before_s["nearest_branch"] == "Seattle" and "inactive_zip" not in before_m["flags"]
+    pos0 = early.data_positions()["zips"]
+
+    # Retire 10001; re-point 98101 to the city, county and coordinates of 94102 (San Francisco).
+    other = ref["94102"]
+    m = master.connect(svc.path)
+    try:
+        master.upsert_rows(m, "zips", [
+            {"zip": "10001", "active": "false"},
+            {"zip": "98101", "city": other["city"], "county": other["county"],
+             "lat": other["lat"], "long": other["long"]},
+        ])
+    finally:
+        m.close()
+    rep.catch_up()
+    assert rep.position().pos > pos0
+
+    # The unit that started before the change still reads its own snapshot, ZIPs it had not
+    # looked up yet included.
+    assert enrich_nodata.process(dict(seattle), early) == before_s
+    assert enrich_nodata.process(dict(manhattan), early) == before_m
+    assert "inactive_zip" not in enrich_nodata.process(rec("10001"), early)["flags"]
+    assert early.data_positions()["zips"] == pos0
+
+    late = unit_ctx(tmp_path, rep.path)
+    after_s = enrich_nodata.process(dict(seattle), late)
+    after_m = enrich_nodata.process(dict(manhattan), late)
+    assert late.data_positions()["zips"] == rep.position().pos
+    assert after_m["flags"].split(";") == ["inactive_zip"]
+    assert (after_s["city"], after_s["county"]) == ("San Francisco", "San Francisco County")
+    assert after_s["nearest_branch"] == "San Francisco" and after_s["city_match"] is False
+    assert after_s["flags"] == "city_mismatch"

@@ -161,3 +161,11 @@ def test_prepare_example_release_switch(zips, tmp_path):
         prepare_example(tmp_path / "r3", release=3, zips_csv=zips_path)
     with pytest.raises(FileExistsError):
         prepare_example(r1, release=1, zips_csv=zips_path)
+
+
+def test_prepare_example_without_reference_data(zips, tmp_path):
+    _, zips_path, _ = zips
+    d = prepare_example(tmp_path / "nd", release=2, zips_csv=zips_path, reference_data=False)
+    assert (d / "enrich.py").is_file()
+    assert not (d / "data" / "zips.csv").exists()
+    assert json.loads((d / "config.json").read_text()) == {"features": ["region"]}

@@ -325,3 +325,97 @@ def test_retention_by_size_and_age_keeps_newest_and_chains_from_the_cut(tmp_path
     rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
     rep.catch_up()
     assert equal(rep, svc)
+
+
+@pytest.mark.parametrize(("sql", "why"), [
+    ("", "an empty statement"),
+    ("  -- only a comment", "an empty statement"),
+    ("SELECT * FROM people", "writes nothing"),
+    ("VACUUM", "VACUUM"),
+    ("PRAGMA writable_schema=ON", "PRAGMA"),
+    ("ATTACH 'other.sqlite' AS o", "ATTACH"),
+    ("DETACH main", "DETACH"),
+    ("BEGIN", "transaction control"),
+    ("SAVEPOINT s", "transaction control"),
+    ("ANALYZE", "ANALYZE"),
+    ("CREATE VIEW v AS SELECT id FROM people", "CREATE VIEW"),
+    ("CREATE TEMP TABLE t (a PRIMARY KEY)", "TEMP"),
+    ("CREATE TRIGGER tr AFTER INSERT ON people BEGIN SELECT 1; END", "CREATE TRIGGER"),
+    ("DROP TRIGGER _og_i_people", "DROP TRIGGER"),
+    ("DELETE FROM _og_log", "change log"),
+    ("UPDATE people SET name='x' WHERE id=1; DELETE FROM people", "several statements"),
+    ("/* hidden */ PRAGMA journal_mode=DELETE", "PRAGMA"),
+])
+def test_data_sql_refuses_anything_but_one_write(tmp_path: Path, sql: str, why: str) -> None:
+    """Trial finding: `data sql` ran ATTACH, PRAGMA, SELECT, VACUUM, empty and several
+    statements. Each is refused with a one-line error naming it, and nothing changes."""
+    svc = make_source(tmp_path, 10)
+    m = master.connect(svc.path)
+    before = dump(m)
+    log_before = m.execute("SELECT count(*) FROM _og_log").fetchone()[0]
+    with pytest.raises(DataSourceError) as err:
+        master.execute_sql(m, sql)
+    msg = str(err.value)
+    assert why in msg and "\n" not in msg and msg.startswith("data sql runs exactly one")
+    assert dump(m) == before
+    assert m.execute("SELECT count(*) FROM _og_log").fetchone()[0] == log_before
+    assert m.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert [r[1] for r in m.execute("PRAGMA database_list")] == ["main"]
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO people (id, name) VALUES (1001, 'new')",
+    "REPLACE INTO people (id, name) VALUES (1, 'replaced')",
+    "INSERT INTO people (id, name) VALUES (1, 'up') ON CONFLICT (id) DO UPDATE SET name='up'",
+    "UPDATE people SET name = 'x' WHERE id = 2",
+    "DELETE FROM people WHERE id = 3",
+    "WITH d AS (SELECT 4 AS id) DELETE FROM people WHERE id IN (SELECT id FROM d)",
+    "CREATE TABLE extra (k TEXT PRIMARY KEY, v)",
+    "CREATE INDEX people_city ON people (city)",
+    "ALTER TABLE people ADD COLUMN zip TEXT",
+    "ALTER TABLE people RENAME COLUMN city TO town",
+    "ALTER TABLE people DROP COLUMN score",
+    "ALTER TABLE people RENAME TO persons",
+    "DROP TABLE people",
+    "UPDATE people SET name = 'y' WHERE id = 5; -- a trailing comment",
+])
+def test_data_sql_runs_each_kind_of_write(tmp_path: Path, sql: str) -> None:
+    svc = make_source(tmp_path, 10)
+    m = master.connect(svc.path)
+    if sql.startswith("DROP TABLE"):  # the source keeps a table
+        master.execute_sql(m, "CREATE TABLE keep (k PRIMARY KEY)")
+    schema_before = m.execute("SELECT group_concat(sql) FROM sqlite_master").fetchone()[0]
+    data_before = dump(m)
+    master.execute_sql(m, sql)
+    after = (m.execute("SELECT group_concat(sql) FROM sqlite_master").fetchone()[0], dump(m))
+    assert after != (schema_before, data_before)
+    svc.poll(force=True)  # the server's poll copes with each (log entry or new epoch)
+
+
+def test_stage_errors_name_the_line_across_quoted_newlines_and_blank_lines(tmp_path: Path) -> None:
+    """`data apply` stages the file; a record's line is found as the readers count lines."""
+    from officegrid.sync.replication import staging
+
+    csv = tmp_path / "c.csv"
+    csv.write_text('\nid,name\n1,"two\nlines"\n\n2,ok\n3,\n')
+    assert staging.record_line(csv, 0, fmt="csv") == 2
+    assert staging.record_line(csv, 2, fmt="csv") == 6
+    assert staging.record_line(csv, 3, fmt="csv") == 7
+    svc = make_source(tmp_path, 10)
+    m = master.connect(svc.path)
+    m.execute("CREATE TABLE pair (a, b, v NOT NULL, PRIMARY KEY (a, b))")
+    jl = tmp_path / "p.jsonl"
+    jl.write_text('{"a": 1, "b": 1, "v": "x"}\n\n{"a": 2, "v": "y"}\n')
+    with pytest.raises(InputError, match=r"p\.jsonl:3: no value for key column 'b'"):
+        staging.build_stage(tmp_path / "s1.sqlite", jl, kind="upsert", table="pair",
+                            cols=["a", "b", "v"], pk=["a", "b"])
+    jl.write_text('{"a": 1, "b": 1, "v": "x"}\n\n{"a": 2, "b": 2, "v": null}\n')
+    n = staging.build_stage(tmp_path / "s2.sqlite", jl, kind="upsert", table="pair",
+                            cols=["a", "b", "v"], pk=["a", "b"])
+    assert n == 2
+    with pytest.raises(DataSourceError, match=r"^record 2: NOT NULL constraint failed") as err:
+        staging.apply_stage(m, tmp_path / "s2.sqlite")
+    assert m.execute("SELECT count(*) FROM pair").fetchone()[0] == 0  # nothing applied
+    located = staging.line_error(str(err.value), jl, fmt="jsonl")
+    assert located is not None and str(located).endswith("p.jsonl:3: NOT NULL constraint "
+                                                         "failed: pair.v")

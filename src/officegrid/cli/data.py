@@ -110,24 +110,35 @@ def apply_cmd(
     encoding: str = typer.Option("utf-8", "--encoding"),
     server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt, as_json: bool = JsonOpt,
 ) -> None:
-    """Upsert rows or delete keys of NAME in one transaction; prints the new position."""
-    from officegrid.records.readers import iter_records
+    """Upsert rows or delete keys of NAME in one transaction; prints the new position.
+
+    The file is streamed into a temporary SQLite stage and uploaded compressed from disk (never
+    whole in memory). Errors name FILE:LINE; when any row is bad nothing is applied.
+    """
+    from officegrid.client import ApiError
+    from officegrid.records.readers import detect_format
+    from officegrid.sync.replication import staging
 
     if (upsert is None) == (delete is None):
         raise ValueError("give exactly one of --upsert FILE and --delete FILE")
     path = upsert or delete
-    with client(server, token, ca) as c:
-        table, pk = _table_key(c.data_status(name), table)
-        key = pk[0] if len(pk) == 1 else None
-        recs = [r for _, r in iter_records(path, fmt=fmt, delimiter=delimiter,
-                                           encoding=encoding, key=key)]
-        if delete is not None:
-            missing = [k for k in pk if recs and k not in recs[0]]
-            if missing:
-                raise ValueError(f"{path}: no key column {', '.join(missing)}")
-            res = c.data_apply(name, table, delete=[[r[k] for k in pk] for r in recs])
-        else:
-            res = c.data_apply(name, table, upsert=recs)
+    fmt = fmt or detect_format(path)
+    with client(server, token, ca) as c, tempfile.TemporaryDirectory(prefix="og-data-") as tmp:
+        st = c.data_status(name)
+        table, pk = _table_key(st, table)
+        cols = [col[0] for col in json.loads(st["schema"])["tables"][table]["cols"]]
+        stage = Path(tmp) / "stage.sqlite"
+        staging.build_stage(stage, path, kind="upsert" if upsert is not None else "delete",
+                            table=table, cols=cols, pk=pk, fmt=fmt, delimiter=delimiter,
+                            encoding=encoding)
+        try:
+            res = c.data_apply_file(name, stage, table)
+        except ApiError as exc:
+            err = staging.line_error(exc.message, path, fmt=fmt, encoding=encoding,
+                                     delimiter=delimiter)
+            if err is None:
+                raise
+            raise err from None
     verb = "deleted" if delete is not None else "upserted"
     emit(res, as_json, res["pos"], f"{name}: {res['rows']:,} rows {verb}, position {res['pos']}")
 
@@ -149,7 +160,8 @@ def sql_cmd(
 @_errors
 def purge_cmd(
     name: str = typer.Argument(..., help="data source name"),
-    before: int = typer.Option(..., "--before", help="drop log entries at positions <= this"),
+    before: int = typer.Option(..., "--before", help="drop log entries at positions <= this "
+                               "(0..head; past the head is refused)"),
     server: str = ServerOpt, token: str = TokenOpt, ca: Path = CaOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Drop the change log up to a position (replicas behind it repair by range hashes)."""
@@ -192,7 +204,7 @@ def pull(
     interval: float = typer.Option(1.0, "--interval", help="--follow: seconds between polls "
                                    "when idle (jittered +-50%)"),
     max_bandwidth: str = typer.Option(None, "--max-bandwidth",
-                                      help="cap the snapshot download, e.g. 2MB/s"),
+                                      help="cap the download (snapshot, changes), e.g. 2MB/s"),
     replica_name: str = typer.Option(None, "--name", help="how this replica appears in "
                                      "`data status` [default: pull:HOST:FILE]"),
     batch: int = typer.Option(1000, "--batch", min=1, help="log entries applied per transaction"),
@@ -204,15 +216,15 @@ def pull(
     from officegrid.sync.replication.replica import Replica, check_target
 
     check_target(to, name)
-    throttle = None
+    bucket = None
     if max_bandwidth:
         from officegrid.sync.bandwidth import TokenBucket, parse_rate
 
-        throttle = TokenBucket(parse_rate(max_bandwidth)).consume
+        bucket = TokenBucket(parse_rate(max_bandwidth))
     rname = replica_name or f"pull:{socket.gethostname()}:{to.resolve()}"
     with client(server, token, ca) as c:
-        rep = Replica(to, HttpRemote(c, name), name=rname, throttle=throttle,
-                      batch_entries=batch)
+        c.bandwidth = bucket  # paces the snapshot, log batches and repair rows alike
+        rep = Replica(to, HttpRemote(c, name), name=rname, batch_entries=batch)
         stop = threading.Event()
         if follow:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -412,19 +412,26 @@ def example_dir() -> Path:
 
 
 def prepare_example(
-    dest: Path, *, release: int = 1, zips_csv: Path | None = None, source: Path | None = None
+    dest: Path,
+    *,
+    release: int = 1,
+    zips_csv: Path | None = None,
+    source: Path | None = None,
+    reference_data: bool = True,
 ) -> Path:
     """Copy the reference job into ``dest`` ready to publish as release 1 or release 2.
 
     Copies the example (without caches), writes ``data/zips.csv`` (a copy of ``zips_csv`` if
-    given, else a fresh export) and sets ``config.json``: release 1 has no extra feature,
-    release 2 turns on the ``region`` output field.
+    given, else a fresh export; none with ``reference_data=False``) and sets ``config.json``:
+    release 1 has no extra feature, release 2 turns on the ``region`` output field.
 
     Args:
         dest: target directory; must not exist yet.
         release: 1 or 2.
         zips_csv: an existing export of :func:`write_zips_csv` to copy (saves about 0.5 s).
         source: the example directory to copy (default: :func:`example_dir`).
+        reference_data: False: ship no ``data/zips.csv``; the release then works only for jobs
+            that declare the data source ``zips`` (``submit --data zips``), as in the demo.
 
     Returns:
         ``dest``.
@@ -442,7 +449,9 @@ def prepare_example(
         source or example_dir(), dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
     data = dest / "data" / "zips.csv"
-    if zips_csv is not None:
+    if not reference_data:
+        pass
+    elif zips_csv is not None:
         data.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(zips_csv, data)
     else:

@@ -1,11 +1,14 @@
 """Bounds on a worker's release cache: keep the releases in use and the most recently used
-few; drop chunk blobs no kept release needs once the cache is over its size cap."""
+few; drop chunk blobs no kept release needs once the cache is over its size cap; keep the work
+dir in its disk budget (replicas no unit reads and no job needs go last)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,8 +17,11 @@ from officegrid.sync.manifest import Entry, ManifestError, parse_manifest, tree_
 
 if TYPE_CHECKING:
     from officegrid.envs.build import EnvBuilder
+    from officegrid.sync.replication.fleet import ReplicaSet
 
 log = logging.getLogger("officegrid.worker.cache")
+
+REPLICA_NEEDED_FOR = 600.0  # s: a replica asked for this recently is needed by a job: kept
 
 
 def _release_blobs(cache: ContentStore, release_id: str) -> set[str]:
@@ -93,12 +99,21 @@ def _tree_size(path: Path) -> int:
 
 
 def enforce_disk_budget(work_dir: Path, budget: int, cache: ContentStore, in_use: set[str],
-                        envs: EnvBuilder | None = None) -> int:
+                        envs: EnvBuilder | None = None, replicas: ReplicaSet | None = None,
+                        replica_busy: Callable[[str], bool] | None = None,
+                        needed_for: float = REPLICA_NEEDED_FOR, now: float | None = None) -> int:
     """Keep the whole work dir within ``budget`` bytes (disk blocks used): releases,
     environments, the chunk cache, data source replicas and attempt logs all count; what was
     used least recently (mtime) is evicted first among what may go: materialized releases not
-    in ``in_use``, environments no remaining release uses, cached chunks. Replicas are counted
-    but never evicted here (a job may need them; a source no job uses is not followed).
+    in ``in_use``, environments no remaining release uses, cached chunks.
+
+    Then, still over budget and given ``replicas`` (the agent's ``ReplicaSet``), replicas go,
+    least recently used first (a replica costs a snapshot to get back, so it goes after what
+    is cheap to fetch again), except one a running unit reads (``replica_busy(name)`` True,
+    asked under the set's lock: see ``ReplicaSet.drop``) or one a job needs now (asked for by
+    a unit or the server's lease answer within ``needed_for`` seconds: dropping it would only
+    make the agent fetch it again). Dropping stops its follower and deletes the file with its
+    ``-wal``/``-shm``.
 
     Returns the bytes freed. Logs a warning when what may not go alone exceeds the budget.
     """
@@ -153,9 +168,20 @@ def enforce_disk_budget(work_dir: Path, budget: int, cache: ContentStore, in_use
         gone = before - _tree_size(envs_dir)
         total -= gone
         freed += gone
+    if total > budget and replicas is not None:
+        now = time.time() if now is None else now
+        for used, _size, name in sorted(replicas.usage()):
+            if total <= budget:
+                break
+            if used > now - needed_for:
+                break  # this one and all after it were asked for recently
+            gone = replicas.drop(name, busy=replica_busy)
+            total -= gone
+            freed += gone
     if total > budget:
         log.warning("disk budget: the work dir uses %d bytes, over its budget of %d, and "
-                    "nothing else may be evicted (releases in use, environments, replicas)",
+                    "nothing else may be evicted (releases in use, environments, replicas "
+                    "in use or needed)",
                     total, budget)
     elif freed:
         log.info("disk budget: freed %d bytes (least recently used first)", freed)

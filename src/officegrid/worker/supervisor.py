@@ -98,6 +98,7 @@ class Agent:
         self.broken_releases: dict[str, str] = {}  # release id -> why this worker refuses it
         self.envs: Preparer | None = None  # builds release environments before leasing
         self.replicas: Any = None  # data source replicas (sync/replication/fleet.py), on first use
+        self.cgroups: Any = None  # cgroup v2 base for unit trees (worker/cgroup.py), or None
         from officegrid.signing import load_public
 
         self.trusted = [load_public(k) for k in settings.trusted_keys]
@@ -207,6 +208,9 @@ class Agent:
         if killed:
             log.warning("killed %d leftover unit processes of an earlier agent", len(killed))
         self.marker_prefix = f"{marker_prefix}{os.getpid()}:"
+        from officegrid.worker import cgroup
+
+        self.cgroups = cgroup.discover(s.cgroup_root)  # None: SIGSTOP and RSS (logged once)
         shutil.rmtree(self.work_dir / "attempts", ignore_errors=True)
         ident = self._identity()
         self.ident = ident
@@ -248,6 +252,8 @@ class Agent:
         self.heartbeat_now.set()
         if self.owner is not None:
             self.owner.close()
+        if self.cgroups is not None:
+            self.cgroups.close()
         hb.join(timeout=5)
         self.envs.stop()
         self.client.close()
@@ -506,8 +512,12 @@ class Agent:
                 prune_worker_cache(dest.parent, self.cache, in_use, self.settings.keep_releases,
                                    self.settings.cache_max_bytes, envs=envs)
                 if self.settings.disk_budget is not None:
+                    # Replicas go last, never one a running unit reads (see _replica_busy).
+                    replicas = self._replica_set() if (self.work_dir / "data").is_dir() \
+                        else None
                     enforce_disk_budget(self.work_dir, self.settings.disk_budget, self.cache,
-                                        in_use, envs)
+                                        in_use, envs, replicas=replicas,
+                                        replica_busy=self._replica_busy)
         return dest
 
     def _execute(self, ru: RunningUnit, release_dir: Path, attempt_dir: Path) -> p.Lease | None:
@@ -531,8 +541,15 @@ class Agent:
         except EnvNotReady as exc:  # never build while holding a lease: give it back
             self._vacate_unstarted(lease, str(exc))
             return None
+        unit_cg = None
+        if self.cgroups is not None:
+            try:
+                unit_cg = self.cgroups.unit(lease.attempt, s.max_memory)
+            except (OSError, ValueError) as exc:
+                log.warning("unit %s runs without a cgroup: %s", lease.unit, exc)
         proc = processes.spawn_runner(python or s.python or sys.executable, spec_path,
-                                      attempt_dir, attempt_dir / "stderr.log", env, marker)
+                                      attempt_dir, attempt_dir / "stderr.log", env, marker,
+                                      unit_cg, max_memory=s.max_memory)
         ru.proc = proc
         final: dict | None = None
         import_error: str | None = None
@@ -564,6 +581,8 @@ class Agent:
                 self.replicas.checkpoint(truncate=not others)
         logs = {"stdout": attempt_dir / "stdout.log", "stderr": attempt_dir / "stderr.log",
                 "log": attempt_dir / "attempt.log"}
+        if ru.fail_error is None:  # the kernel enforced the memory cap (cgroup or job)
+            ru.fail_error = proc.memory_cap_error(s.max_memory)
         if ru.fail_error is not None:  # the owner monitor killed it (memory cap)
             return self._report_failure(ru, p.FailureKind.crash, ru.fail_error, attempt_dir)
         if ru.abort.is_set():
@@ -590,9 +609,15 @@ class Agent:
                 self.replicas = ReplicaSet(
                     self.work_dir / "data", lambda name: HttpRemote(client, name),
                     replica_name=self.ident.name,
-                    throttle=self.bandwidth.consume if self.bandwidth else None,
                     may_transfer=self._fetch_allowed)
             return self.replicas
+
+    def _replica_busy(self, name: str) -> bool:
+        """True if a running unit reads data source ``name`` (units are registered in
+        ``running`` before they ask for their replicas, so ``ReplicaSet.drop`` asking this
+        under its lock never deletes a replica a unit has or is about to open)."""
+        with self.lock:
+            return any(name in (ru.lease.data or {}) for ru in self.running.values())
 
     def _follow_data(self, names: list[str]) -> str | None:
         """Start following ``names`` (the server holds back units needing newer replicas and

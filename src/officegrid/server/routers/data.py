@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from officegrid import protocol as p
 from officegrid.server.auth import admin, admin_or_worker, ctx_of
 from officegrid.server.context import ServerContext
+from officegrid.server.replica_feed import feed_of
 from officegrid.server.routers.blobs import SlotFileResponse, take_slot
 from officegrid.server.store import replicas as replicas_q
 from officegrid.sync.replication import master
@@ -53,16 +55,23 @@ def _bad(message: str) -> HTTPException:
     return HTTPException(422, detail={"code": p.E_INVALID, "message": message})
 
 
-async def _call(ctx: ServerContext, fn: Any, *args: Any, **kw: Any) -> Any:
-    """Run a blocking replication call in the pool, mapping its errors to HTTP answers."""
+@contextlib.contextmanager
+def _http_errors() -> Iterator[None]:
+    """Map replication errors to HTTP answers (409 resync, 404, 422)."""
     try:
-        return await ctx.run(fn, *args, **kw)
+        yield
     except NeedsRepair as exc:
         raise HTTPException(409, detail={"code": p.E_RESYNC, "message": str(exc)}) from None
     except FileNotFoundError as exc:
         raise HTTPException(404, detail={"code": p.E_NOT_FOUND, "message": str(exc)}) from None
     except DataSourceError as exc:
         raise _bad(str(exc)) from None
+
+
+async def _call(ctx: ServerContext, fn: Any, *args: Any, **kw: Any) -> Any:
+    """Run a blocking replication call in the pool, mapping its errors to HTTP answers."""
+    with _http_errors():
+        return await ctx.run(fn, *args, **kw)
 
 
 def zjson(obj: Any) -> Response:
@@ -90,6 +99,7 @@ async def read_body(request: Request, model: type[BaseModel]) -> Any:
 
 async def _status(ctx: ServerContext, svc: MasterService) -> p.DataStatus:
     st = await _call(ctx, svc.status)
+    await feed_of(ctx).write_positions(ctx, force=True)  # positions noted by log requests
     reps = await ctx.read(replicas_q.list_for, svc.name)
     st["replicas"] = [p.DataReplicaInfo(
         replica=r["replica"], epoch=r["epoch"], pos=r["pos"], updated_at=r["updated_at"],
@@ -132,12 +142,7 @@ async def create_source(name: str, request: Request, replace: bool = False) -> p
                                          "exists (use --replace to replace it)"})
     tmp = svc.dir / f".{name}.{uuid.uuid4().hex}.upload"
     try:
-        with open(tmp, "wb") as f:
-            writer = zstandard.ZstdDecompressor().stream_writer(f, closefd=False)
-            async for piece in request.stream():
-                if piece:
-                    await ctx.run(writer.write, piece)
-            writer.flush()
+        await _receive_file(ctx, request, tmp)
         await _call(ctx, master.adopt, tmp, svc.state if svc.state.exists() else None,
                     "replaced" if svc.exists() else "created")
 
@@ -149,8 +154,6 @@ async def create_source(name: str, request: Request, replace: bool = False) -> p
             svc.poll(force=True)
 
         await _call(ctx, install)
-    except zstandard.ZstdError as exc:
-        raise _bad(f"upload is not a zstd stream: {exc}") from None
     finally:
         for f in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
             with contextlib.suppress(FileNotFoundError):
@@ -171,11 +174,42 @@ async def _change(ctx: ServerContext, svc: MasterService, fn: Any, *args: Any) -
     return p.DataChange(rows=n, epoch=head.epoch, pos=head.pos)
 
 
+async def _receive_file(ctx: ServerContext, request: Request, dest: Path) -> None:
+    """Decompress a streamed zstd request body into ``dest`` piece by piece (never whole in
+    memory). Raises 422 when the body is not a zstd stream."""
+    try:
+        with open(dest, "wb") as f:
+            writer = zstandard.ZstdDecompressor().stream_writer(f, closefd=False)
+            async for piece in request.stream():
+                if piece:
+                    await ctx.run(writer.write, piece)
+            writer.flush()
+    except zstandard.ZstdError as exc:
+        raise _bad(f"upload is not a zstd stream: {exc}") from None
+
+
 @router.post(p.DATA_APPLY, response_model=p.DataChange, dependencies=[Depends(admin)])
-async def apply_rows(name: str, request: Request) -> p.DataChange:
-    """Upsert rows or delete keys, in one transaction on the master."""
+async def apply_rows(name: str, request: Request, table: str | None = None) -> p.DataChange:
+    """Upsert rows or delete keys, in one transaction on the master.
+
+    The body is either zstd JSON (:class:`protocol.DataApply`) or, with content type
+    ``application/zstd``, a zstd-compressed stage file built by ``data apply`` (see
+    ``sync/replication/staging.py``; ``table`` overrides the stage's), streamed to disk and
+    applied with ``INSERT ... SELECT`` so no side holds the rows in memory. A row the master
+    refuses fails the whole change with ``record N: problem``.
+    """
     ctx = ctx_of(request)
     svc = service(ctx, name)
+    if request.headers.get("content-type", "").split(";")[0].strip() == p.ZSTD:
+        from officegrid.sync.replication import staging
+
+        tmp = svc.dir / f".{name}.{uuid.uuid4().hex}.stage"
+        try:
+            await _receive_file(ctx, request, tmp)
+            return await _change(ctx, svc, staging.apply_stage, tmp, table)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     body: p.DataApply = await read_body(request, p.DataApply)
     if (body.upsert is None) == (body.delete is None):
         raise _bad("give exactly one of upsert and delete")
@@ -193,14 +227,26 @@ async def run_sql(name: str, body: p.DataSql, request: Request) -> p.DataChange:
 
 @router.post(p.DATA_PURGE, response_model=p.DataChange, dependencies=[Depends(admin)])
 async def purge(name: str, body: p.DataPurge, request: Request) -> p.DataChange:
-    """Drop log entries up to a position (replicas behind it repair by range hashes)."""
+    """Drop log entries at positions <= ``before`` (replicas behind it repair by range hashes).
+
+    Refused (422) when ``before`` is negative or past the head: like MySQL's ``PURGE BINARY
+    LOGS TO`` naming a log that does not exist, a position nobody has seen is a mistake (often
+    a typo), not "everything"; purging the whole log is ``--before HEAD``.
+    """
     from officegrid.sync.replication import changelog
 
     ctx = ctx_of(request)
     svc = service(ctx, name)
+    if body.before < 0:
+        raise _bad(f"--before {body.before}: a position is >= 0")
 
     def run(conn: Any) -> int:
         with master.write_tx(conn):
+            h = changelog.head(conn)
+            if body.before > h.pos:
+                raise DataSourceError(
+                    f"--before {body.before} is past the head of {name!r} (position {h.pos}): "
+                    f"nothing was purged; use --before {h.pos} to drop the whole retained log")
             return changelog.purge(conn, before=body.before)
 
     await _call(ctx, svc.poll, True)  # seal first: only sealed entries are purged
@@ -218,11 +264,23 @@ async def status(name: str, request: Request) -> p.DataStatus:
 
 @router.get(p.DATA_LOG, dependencies=[Depends(admin_or_worker)])
 async def log_batch(name: str, request: Request, epoch: str, after: int,
-                    max: int = 1000) -> Response:  # noqa: A002 - wire name
-    """Sealed entries after ``after`` (zstd JSON); 409 ``resync`` when the replica must repair."""
+                    max: int = 1000,  # noqa: A002 - wire name
+                    wait: float = 0.0, replica: str | None = None) -> Response:
+    """Sealed entries after ``after`` (zstd JSON); 409 ``resync`` when the replica must repair.
+
+    ``wait``: long-poll up to this many seconds (at most ``replica_feed.MAX_WAIT``) while there
+    is nothing after ``after``. ``replica``: the asking replica's name; ``(epoch, after)`` is
+    recorded as its position (``data status``), so replicas need no separate report.
+    """
     ctx = ctx_of(request)
     svc = service(ctx, name)
-    return zjson(await _call(ctx, svc.log, epoch, after, min(max, 10_000)))
+    feed = feed_of(ctx)
+    if replica:
+        feed.note(name, replica[:200], epoch, after)
+        await feed.write_positions(ctx)
+    with _http_errors():
+        body = await feed.log(ctx, svc, epoch, after, min(max, 10_000), wait)
+    return Response(content=body, media_type=p.ZSTD_JSON)
 
 
 @router.get(p.DATA_SNAPSHOT, response_model=p.SnapshotInfo,

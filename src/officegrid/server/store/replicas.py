@@ -28,6 +28,13 @@ def report(conn: Connection, source: str, replica: str, epoch: str, pos: int, no
         conn.execute(data_replicas.insert().values(**values))
 
 
+def report_many(conn: Connection, rows: list[tuple[str, str, str, int]], now: float) -> None:
+    """Record several ``(source, replica, epoch, pos)`` positions (one transaction: the server
+    batches the positions that replicas' log requests carry)."""
+    for source, replica, epoch, pos in rows:
+        report(conn, source, replica, epoch, pos, now)
+
+
 def list_for(conn: Connection, source: str | None = None) -> list[dict[str, Any]]:
     """Replicas (of ``source``, or all), ordered by source then replica name."""
     q = select(data_replicas).order_by(data_replicas.c.source, data_replicas.c.replica)

@@ -112,12 +112,13 @@ def seal(conn: sqlite3.Connection) -> int:
                             "ORDER BY pos LIMIT ?", (h.pos, SEAL_BATCH)).fetchall()
         if not rows:
             break
+        sealed = []
         for pos, tbl, op, k, r in rows:
             body = _canonical(pos, tbl, op, k, r)
             prev = chain(prev, body)
-            conn.execute("UPDATE _og_log SET body=?, h=?, k=NULL, r=NULL WHERE pos=?",
-                         (body, prev, pos))
+            sealed.append((body, prev, pos))
             h.pos = pos
+        conn.executemany("UPDATE _og_log SET body=?, h=?, k=NULL, r=NULL WHERE pos=?", sealed)
         n += len(rows)
     if n:
         set_meta(conn, head_pos=str(h.pos), head_hash=prev)

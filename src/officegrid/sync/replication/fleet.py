@@ -20,7 +20,7 @@ from typing import Any
 
 from officegrid.sync.replication.errors import DataSourceError
 from officegrid.sync.replication.master import check_name
-from officegrid.sync.replication.replica import Replica
+from officegrid.sync.replication.replica import LONG_POLL, Replica
 
 log = logging.getLogger("officegrid.replicas")
 
@@ -54,8 +54,10 @@ class _Follower:
                 self.stop.wait(self.interval * (1 + random.uniform(-self.jitter, self.jitter)))
                 continue
             try:
+                # The lock is held while the replica file is read or changed, not while a
+                # long poll waits at the head (lease requests read the position meanwhile).
+                what = self.replica.step(wait=LONG_POLL, lock=self.lock)
                 with self.lock:
-                    what = self.replica.step()
                     self.at = self._position()
                 self.error, failures = None, 0
             except Exception as exc:  # noqa: BLE001 - keep following; report the error
@@ -84,7 +86,6 @@ class ReplicaSet:
             blocked: WAL; about 1 MB of bodies at most; 1,000 entries cost ~8% fewer bytes than
             200, per bench/replication.py, as one answer compresses more together).
         free_bytes: ``() -> free bytes`` on the replica disk (default: ``shutil.disk_usage``).
-        throttle: called with each snapshot piece's size (the agent's bandwidth cap).
         may_transfer: ``() -> bool``, False outside the agent's transfer window: followers
             then fetch nothing until it opens (default: always).
     """
@@ -93,9 +94,7 @@ class ReplicaSet:
                  replica_name: str | None = None, interval: float = 1.0, jitter: float = 0.5,
                  batch_entries: int = 1000,
                  free_bytes: Callable[[], int] | None = None,
-                 throttle: Callable[[int], None] | None = None,
                  may_transfer: Callable[[], bool] | None = None) -> None:
-        self.throttle = throttle
         self.may_transfer = may_transfer
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -107,6 +106,7 @@ class ReplicaSet:
         self.free_bytes = free_bytes or (lambda: shutil.disk_usage(self.root).free)
         self._followers: dict[str, _Follower] = {}
         self._lock = threading.Lock()
+        self._used: dict[str, float] = {}  # name -> UNIX time a unit or a job last asked for it
 
     def path(self, name: str) -> Path:
         return self.root / f"{check_name(name)}.sqlite"
@@ -119,11 +119,12 @@ class ReplicaSet:
         """
         for name in names:
             with self._lock:
+                self._used[name] = time.time()
                 if name in self._followers:
                     continue
                 remote = self.remote_for(name)
                 rep = Replica(self.path(name), remote, name=self.replica_name,
-                              batch_entries=self.batch_entries, throttle=self.throttle)
+                              batch_entries=self.batch_entries)
                 if rep.position() is None:
                     need = int(remote.snapshot_info()["size"] * DISK_HEADROOM) + MIN_FREE_BYTES
                     free = self.free_bytes()
@@ -148,8 +149,7 @@ class ReplicaSet:
         Raises:
             TimeoutError: not there within ``timeout`` seconds.
         """
-        self.ensure([name])
-        f = self._followers[name]
+        f = self._follower(name)
         deadline = time.monotonic() + timeout
         while True:
             with f.lock:
@@ -163,6 +163,61 @@ class ReplicaSet:
                                    f"{timeout:.0f}s ({f.error or 'no error'})")
             if what == "idle":  # the master has not got there yet (sealing): ask again soon
                 time.sleep(min(0.2, self.interval))
+
+    def _follower(self, name: str) -> _Follower:
+        """``name``'s follower, started if need be (again, if :meth:`drop` just removed it)."""
+        while True:
+            self.ensure([name])
+            with self._lock:
+                f = self._followers.get(name)
+            if f is not None:
+                return f
+
+    def usage(self) -> list[tuple[float, int, str]]:
+        """``(last used, bytes on disk, name)`` of every replica file under ``root``, followed
+        or left by an earlier run. Last used: when a unit or a job last asked for it
+        (:meth:`ensure`, :meth:`catch_up`), else the file's mtime."""
+        out = []
+        for path in self.root.glob("*.sqlite"):
+            name = path.stem
+            size = sum(_blocks(f) for f in _files_of(path))
+            try:
+                used = self._used.get(name) or path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            out.append((used, size, name))
+        return out
+
+    def drop(self, name: str, busy: Callable[[str], bool] | None = None) -> int:
+        """Stop following ``name`` and delete its replica (the file, its ``-wal``/``-shm`` and
+        any partial snapshot download) to free disk. Returns the bytes freed (0: kept).
+
+        ``busy(name)`` is asked while this set's lock is held, and the replica is kept if it
+        says True: a caller that registers a unit as reading ``name`` *before* it asks for the
+        replica's path (:meth:`catch_up`) can never have the file deleted under it, because
+        :meth:`catch_up` waits for the lock and then starts the replica afresh.
+        """
+        with self._lock:
+            if busy is not None and busy(name):
+                return 0
+            f = self._followers.pop(name, None)
+            if f is not None:
+                f.stop.set()
+                f.thread.join(30)
+                with f.lock:  # waits for a step in progress (the thread may have timed out)
+                    f.replica.close()
+            freed = 0
+            for path in _files_of(self.path(name)):
+                size = _blocks(path)
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                freed += size
+            self._used.pop(name, None)
+        if freed:
+            log.info("replica %s dropped (%d bytes freed)", name, freed)
+        return freed
 
     def checkpoint(self, truncate: bool = True) -> None:
         """Checkpoint every replica's WAL between units, so it cannot grow without bound.
@@ -182,3 +237,16 @@ class ReplicaSet:
             with f.lock:
                 f.replica.close()
         self._followers.clear()
+
+
+def _files_of(path: Path) -> list[Path]:
+    """A replica file and the files SQLite and the snapshot download keep beside it."""
+    return [path] + [path.with_name(path.name + suffix)
+                     for suffix in ("-wal", "-shm", "-journal", ".part", ".part.json")]
+
+
+def _blocks(path: Path) -> int:
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return 0

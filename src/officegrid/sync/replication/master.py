@@ -29,6 +29,7 @@ from typing import Any
 from officegrid.sync.replication import capture, changelog, codec
 from officegrid.sync.replication.errors import DataSourceError
 from officegrid.sync.replication.schema import describe, diff, qi, require_keys
+from officegrid.sync.replication.statement import judged
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 BUSY_TIMEOUT_MS = 30_000
@@ -305,15 +306,17 @@ def _unquote(name: str) -> str:
 
 
 def execute_sql(conn: sqlite3.Connection, statement: str) -> int:
-    """Run one SQL statement in a write transaction; refuse (and roll back) if it leaves a table
-    without a primary key. Returns the rows changed.
+    """Run one SQL write statement in a write transaction; refuse (and roll back) if it is not
+    exactly one write (see :mod:`.statement`: no ATTACH, PRAGMA, transaction control, SELECT,
+    VACUUM, several statements or an empty one) or if it leaves a table without a primary key.
+    Returns the rows changed.
 
     ``ALTER TABLE t DROP COLUMN c``: SQLite refuses to drop a column a trigger names, and the
     capture triggers name every column; they are dropped first and reinstalled for the new
     columns in the same transaction (the next poll sees a destructive change: a new epoch).
 
     Raises:
-        DataSourceError: the statement failed or would leave a table without a key.
+        DataSourceError: the statement is refused, failed, or would leave a table without a key.
     """
     drop = _DROP_COLUMN.match(statement)
     try:
@@ -324,7 +327,8 @@ def execute_sql(conn: sqlite3.Connection, statement: str) -> int:
                         "SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name=? "
                         "AND name LIKE '\\_og\\_%' ESCAPE '\\'", (table,)).fetchall():
                     conn.execute(f"DROP TRIGGER {qi(name)}")
-            n = conn.execute(statement).rowcount
+            with judged(conn):  # exactly one write statement, classified by SQLite itself
+                n = conn.execute(statement).rowcount
             desc = describe(conn)
             require_keys(desc)
             if drop and table in desc["tables"]:

@@ -83,6 +83,25 @@ def _range_sql(conn: sqlite3.Connection, table: str, lo: list | None,
     return sql, args, pk, cols
 
 
+def hashed_rows(conn: sqlite3.Connection, table: str, lo: list | None = None,
+                hi: list | None = None) -> tuple[sqlite3.Cursor, int]:
+    """A cursor over the rows of ``[lo, hi)`` in key order, each a tuple of the key values
+    then every column's value in column-name order (so column order does not matter), and the
+    number of key values."""
+    pk, cols = table_keys(conn, table)
+    where, args = [], []
+    if lo is not None:
+        where.append(_bound(pk, ">="))
+        args += [codec.from_json(v) for v in lo]
+    if hi is not None:
+        where.append(_bound(pk, "<"))
+        args += [codec.from_json(v) for v in hi]
+    sel = ", ".join(qi(c) for c in pk + sorted(cols))
+    sql = (f"SELECT {sel} FROM {qi(table)}" + (f" WHERE {' AND '.join(where)}" if where else "")
+           + f" ORDER BY {', '.join(qi(c) for c in pk)}")
+    return conn.execute(sql, args), len(pk)
+
+
 def iter_rows(conn: sqlite3.Connection, table: str, lo: list | None = None,
               hi: list | None = None) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
     """Rows of ``[lo, hi)`` (bounds as JSON key values) in key order as ``(key values, row)``."""
@@ -106,24 +125,19 @@ def key_from_json(key: list[Any]) -> tuple[Any, ...]:
     return tuple(codec.from_json(v) for v in key)
 
 
-def row_hash(row: dict[str, Any], size: int = 16) -> bytes:
-    """Hash of a row's columns by name (column order does not matter)."""
-    return blake3.blake3(repr(sorted(row.items())).encode()).digest(length=size)
+def tuple_hash(values: tuple[Any, ...], size: int = 16) -> bytes:
+    """Hash of one row as selected by :func:`hashed_rows` (``repr`` of SQLite values: exact,
+    the same on every platform and done in C)."""
+    return blake3.blake3(repr(values).encode()).digest(length=size)
 
 
-class _Acc:
-    def __init__(self) -> None:
-        self.n = 0
-        self.keys = blake3.blake3()
-        self.rows = blake3.blake3()
-
-    def add(self, kvals: tuple[Any, ...], row: dict[str, Any]) -> None:
-        self.n += 1
-        self.keys.update(key_text(kvals).encode() + b"\n")
-        self.rows.update(row_hash(row))
-
-    def result(self) -> tuple[int, str, str]:
-        return self.n, self.keys.hexdigest(length=8), self.rows.hexdigest(length=16)
+def summary(rows: list[tuple[Any, ...]], npk: int) -> tuple[int, str, str]:
+    """``(count, 8-byte key hash, 16-byte row hash)`` of a range's rows (tuples of
+    :func:`hashed_rows`, key values first). One ``repr`` and one hash per range, not per row:
+    the rows' text is made by C code in one call."""
+    keys = repr([r[:npk] for r in rows]).encode()
+    return (len(rows), blake3.blake3(keys).hexdigest(length=8),
+            blake3.blake3(repr(rows).encode()).hexdigest(length=16))
 
 
 # ------------------------------------------------------------------------------ master side
@@ -131,18 +145,12 @@ class _Acc:
 
 def bucket_hashes(conn: sqlite3.Connection, table: str,
                   bucket_rows: int = BUCKET_ROWS) -> list[list[Any]]:
-    """``[[first key, count, key hash, row hash], ...]`` of ranges of ``bucket_rows`` rows."""
+    """``[[first key, count, key hash, row hash], ...]`` of ranges of ``bucket_rows`` rows
+    (one pass over the table in key order; each range is one ``fetchmany``)."""
     out: list[list[Any]] = []
-    acc, first = _Acc(), None
-    for kvals, row in iter_rows(conn, table):
-        if acc.n == bucket_rows:
-            out.append([first, *acc.result()])
-            acc = _Acc()
-        if acc.n == 0:
-            first = key_json(kvals)
-        acc.add(kvals, row)
-    if acc.n:
-        out.append([first, *acc.result()])
+    cur, npk = hashed_rows(conn, table)
+    while rows := cur.fetchmany(bucket_rows):
+        out.append([key_json(rows[0][:npk]), *summary(rows, npk)])
     return out
 
 
@@ -152,12 +160,10 @@ def row_hashes(conn: sqlite3.Connection, table: str, ranges: list[list[Any]],
     "keys": [keys] or None}``."""
     out = []
     for lo, hi, with_keys in ranges:
-        hs, keys = [], []
-        for kvals, row in iter_rows(conn, table, lo, hi):
-            hs.append(row_hash(row, size).hex())
-            if with_keys:
-                keys.append(key_json(kvals))
-        out.append({"h": "".join(hs), "keys": keys if with_keys else None})
+        cur, npk = hashed_rows(conn, table, lo, hi)
+        rows = cur.fetchall()
+        out.append({"h": "".join(tuple_hash(r, size).hex() for r in rows),
+                    "keys": [key_json(r[:npk]) for r in rows] if with_keys else None})
     return out
 
 
@@ -198,15 +204,8 @@ def _delete(conn: sqlite3.Connection, table: str, pk: list[str],
 
 
 def _local(conn: sqlite3.Connection, table: str, lo: list | None,
-           hi: list | None) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-    return list(iter_rows(conn, table, lo, hi))
-
-
-def _summary(rows: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> tuple[int, str, str]:
-    acc = _Acc()
-    for kvals, row in rows:
-        acc.add(kvals, row)
-    return acc.result()
+           hi: list | None) -> list[tuple[Any, ...]]:
+    return hashed_rows(conn, table, lo, hi)[0].fetchall()
 
 
 def repair_table(conn: sqlite3.Connection, table: str, source: RangeSource,
@@ -217,6 +216,7 @@ def repair_table(conn: sqlite3.Connection, table: str, source: RangeSource,
     ``deleted`` (local rows removed), ``whole`` (ranges fetched whole after the check).
     """
     pk, _ = table_keys(conn, table)
+    npk = len(pk)
     buckets = source.ranges(table, bucket_rows)
     stats = {"buckets": len(buckets), "dirty": 0, "fetched": 0, "deleted": 0, "whole": 0}
     if not buckets:
@@ -224,21 +224,21 @@ def repair_table(conn: sqlite3.Connection, table: str, source: RangeSource,
         return stats
     # Rows before the master's first key exist only here.
     first = buckets[0][0]
-    extra = [k for k, _ in _local(conn, table, None, first)]
+    extra = [r[:npk] for r in _local(conn, table, None, first)]
     _delete(conn, table, pk, extra)
     stats["deleted"] += len(extra)
     bounds = [(b[0], buckets[i + 1][0] if i + 1 < len(buckets) else None)
               for i, b in enumerate(buckets)]
     dirty: list[int] = []
-    aligned: dict[int, list[list[Any]]] = {}
+    aligned: dict[int, list[tuple[Any, ...]]] = {}
     for i, (lo, hi) in enumerate(bounds):
         rows = _local(conn, table, lo, hi)
-        n, kh, rh = _summary(rows)
+        n, kh, rh = summary(rows, npk)
         if (n, kh, rh) == tuple(buckets[i][1:]):
             continue
         dirty.append(i)
         if (n, kh) == tuple(buckets[i][1:3]):
-            aligned[i] = [k for k, _ in rows]
+            aligned[i] = [r[:npk] for r in rows]
     stats["dirty"] = len(dirty)
     want: list[list[Any]] = []
     for j in range(0, len(dirty), RANGES_PER_REQUEST):
@@ -249,7 +249,7 @@ def repair_table(conn: sqlite3.Connection, table: str, source: RangeSource,
         for i, g in zip(part, got, strict=True):
             theirs = [g["h"][x:x + w] for x in range(0, len(g["h"]), w)]
             rows = _local(conn, table, *bounds[i])
-            mine = {key_text(kv): row_hash(row, ROW_HASH_BYTES).hex() for kv, row in rows}
+            mine = {key_text(r[:npk]): tuple_hash(r, ROW_HASH_BYTES).hex() for r in rows}
             if i in aligned:
                 keys = aligned[i]
                 if len(theirs) != len(keys):
@@ -259,7 +259,7 @@ def repair_table(conn: sqlite3.Connection, table: str, source: RangeSource,
             else:
                 master_keys = {key_text(key_from_json(k)): (k, h)
                                for k, h in zip(g["keys"], theirs, strict=True)}
-                gone = [kv for kv, _ in rows if key_text(kv) not in master_keys]
+                gone = [r[:npk] for r in rows if key_text(r[:npk]) not in master_keys]
                 _delete(conn, table, pk, gone)
                 stats["deleted"] += len(gone)
                 want += [k for kt, (k, h) in master_keys.items() if mine.get(kt) != h]
@@ -269,11 +269,11 @@ def repair_table(conn: sqlite3.Connection, table: str, source: RangeSource,
     # Check: a range still differing is fetched whole (a short-hash collision or a change
     # made meanwhile).
     whole = [bounds[i] for i in dirty
-             if _summary(_local(conn, table, *bounds[i])) != tuple(buckets[i][1:])]
+             if summary(_local(conn, table, *bounds[i]), npk) != tuple(buckets[i][1:])]
     for j in range(0, len(whole), RANGES_PER_REQUEST):
         part = whole[j:j + RANGES_PER_REQUEST]
         for lo, hi in part:
-            _delete(conn, table, pk, [k for k, _ in _local(conn, table, lo, hi)])
+            _delete(conn, table, pk, [r[:npk] for r in _local(conn, table, lo, hi)])
         stats["fetched"] += _upsert(conn, table, source.rows(table, ranges=[list(b) for b in part]))
         stats["whole"] += len(part)
     return stats

@@ -36,7 +36,13 @@ class LocalRemote:
     def status(self) -> dict[str, Any]:
         return self._count(self.service.status())
 
-    def log(self, epoch: str, after: int, max_entries: int = 1000) -> dict[str, Any]:
+    # Positions travel by :meth:`report` (there is no server to note them from log calls).
+    reports_in_log = False
+
+    def log(self, epoch: str, after: int, max_entries: int = 1000, replica: str | None = None,
+            wait: float = 0.0) -> dict[str, Any]:
+        """A batch (see :meth:`MasterService.log`); ``replica`` and ``wait`` are ignored (an
+        in-process master is not long-polled)."""
         return self._count(self.service.log(epoch, after, max_entries))
 
     def snapshot_info(self) -> dict[str, Any]:
@@ -78,8 +84,16 @@ class HttpRemote:
     def status(self) -> dict[str, Any]:
         return self.client.data_status(self.name)
 
-    def log(self, epoch: str, after: int, max_entries: int = 1000) -> dict[str, Any]:
-        return self.client.data_log(self.name, epoch, after, max_entries)
+    # The log request names the replica and its position: no separate report write per batch.
+    reports_in_log = True
+
+    def log(self, epoch: str, after: int, max_entries: int = 1000, replica: str | None = None,
+            wait: float = 0.0) -> dict[str, Any]:
+        """A batch after ``after``; the server records ``(epoch, after)`` as ``replica``'s
+        position and, with ``wait``, holds the request up to that many seconds until there is
+        something new."""
+        return self.client.data_log(self.name, epoch, after, max_entries, replica=replica,
+                                    wait=wait)
 
     def snapshot_info(self) -> dict[str, Any]:
         return self.client.data_snapshot_info(self.name)

@@ -15,12 +15,14 @@ repair.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from officegrid.sync.replication.errors import (
 from officegrid.sync.replication.schema import qi
 
 log = logging.getLogger("officegrid.replica")
+
+LONG_POLL = 5.0  # seconds a follower's log request may wait at the head for new entries
 
 
 @dataclass
@@ -92,14 +96,13 @@ class Replica:
         name: how this replica reports itself to the server (``data status``); None: no reports.
         batch_entries: log entries asked per batch.
         max_page_count: if set, ``PRAGMA max_page_count`` on the replica (a disk quota; tests).
-        throttle: called with each downloaded snapshot piece's size before the next is taken
-            (e.g. ``sync.bandwidth.TokenBucket.consume``: a bandwidth cap).
+
+    A bandwidth cap is the client's (``Client.bandwidth``): it paces every data answer (snapshot
+    pieces, log batches, repair rows) as it is read from the socket.
     """
 
     def __init__(self, path: str | Path, remote: Any, name: str | None = None,
-                 batch_entries: int = 1000, max_page_count: int | None = None,
-                 throttle: Callable[[int], None] | None = None) -> None:
-        self.throttle = throttle
+                 batch_entries: int = 1000, max_page_count: int | None = None) -> None:
         self.path = Path(path)
         self.remote = remote
         self.name = name
@@ -136,10 +139,7 @@ class Replica:
         info = self.remote.snapshot_info()
 
         def fetch(offset: int) -> Iterator[bytes]:
-            for piece in self.remote.snapshot_fetch(info["id"], offset):
-                if self.throttle:
-                    self.throttle(len(piece))
-                yield piece
+            return self.remote.snapshot_fetch(info["id"], offset)
 
         got = snapshot.download(info, self.path, fetch)
         self.stats.bootstraps += 1
@@ -210,44 +210,66 @@ class Replica:
             schema.apply_step(conn, {"kind": "create_index", "table": ix["table"],
                                      "index": name, "sql": ix["sql"]})
 
-    def step(self) -> str:
-        """Do one thing: ``"bootstrap"``, ``"repair"``, ``"applied"`` (a batch) or ``"idle"``.
+    def step(self, wait: float = 0.0, lock: Any = None) -> str:
+        """Do one thing: ``"bootstrap"``, ``"repair"``, ``"applied"`` (a batch), ``"idle"``
+        (nothing new, answered at once), ``"waited"`` (nothing new after the server held the
+        request for ``wait``: ask again at once) or ``"raced"`` (someone else moved the replica
+        while the request was out: the batch was dropped, ask again).
+
+        Args:
+            wait: long-poll seconds: the server holds the request until the master has entries
+                after this replica's position (a remote without long polls answers at once).
+            lock: a lock held while the replica file is read or changed but not while the
+                request is out, so a long poll does not block readers of the position.
 
         Raises:
             ReplicaDiskFull: applying needs more space than there is (previous state kept).
             ApiError / Unreachable: the server refused or is away (the caller backs off).
         """
-        pos = self.position()
-        if pos is None:
-            self.bootstrap()
-            what = "bootstrap"
-        else:
+        guard = lock if lock is not None else contextlib.nullcontext()
+        with guard:
+            pos = self.position()
+            if pos is None:
+                self.bootstrap()
+                self._report()
+                return "bootstrap"
+        # The log request tells an HTTP server this replica's position (no separate report).
+        in_log = bool(self.name) and getattr(self.remote, "reports_in_log", False)
+        started = time.monotonic()
+        try:
+            batch = self.remote.log(pos.epoch, pos.pos, self.batch_entries,
+                                    replica=self.name if in_log else None, wait=wait)
+        except NeedsRepair as exc:
+            with guard:
+                if self.position() != pos:
+                    return "raced"
+                self.repair(str(exc))
+                self._report()
+            return "repair"
+        if not batch["entries"]:
+            held = wait > 0 and time.monotonic() - started >= wait / 2
+            return "waited" if held else "idle"
+        with guard:
+            if self.position() != pos:
+                return "raced"
             try:
-                batch = self.remote.log(pos.epoch, pos.pos, self.batch_entries)
-            except NeedsRepair as exc:
+                _, reconcile = apply.apply_batch(self.conn(), batch)
+                self.stats.batches += 1
+                self.stats.entries += len(batch["entries"])
+                what = "applied"
+                if reconcile:
+                    self.repair(f"reconcile tables {', '.join(sorted(set(reconcile)))}")
+                    what = "repair"
+            except ChainBroken as exc:
                 self.repair(str(exc))
                 what = "repair"
-            else:
-                if not batch["entries"]:
-                    what = "idle"
-                else:
-                    try:
-                        _, reconcile = apply.apply_batch(self.conn(), batch)
-                        self.stats.batches += 1
-                        self.stats.entries += len(batch["entries"])
-                        what = "applied"
-                        if reconcile:
-                            self.repair(f"reconcile tables {', '.join(sorted(set(reconcile)))}")
-                            what = "repair"
-                    except ChainBroken as exc:
-                        self.repair(str(exc))
-                        what = "repair"
-        self._report()
+            if not in_log:
+                self._report()
         return what
 
     def _report(self) -> None:
-        if not self.name:
-            return
+        if not self.name or getattr(self.remote, "reports_in_log", False):
+            return  # the next log request carries the position
         pos = self.position()
         if pos is None or self._reported == (pos.epoch, pos.pos):
             return
@@ -267,12 +289,13 @@ class Replica:
         return pos
 
     def follow(self, stop: threading.Event, interval: float = 1.0, jitter: float = 0.5) -> None:
-        """Keep stepping until ``stop`` is set; sleep ``interval * (1 +- jitter)`` when idle so a
-        fleet of replicas does not poll the server in the same second."""
+        """Keep stepping until ``stop`` is set, long-polling the server at the head
+        (:data:`LONG_POLL`); sleep ``interval * (1 +- jitter)`` when a remote answered "nothing
+        new" at once (no long polls) so a fleet of replicas does not poll in the same second."""
         failures = 0
         while not stop.is_set():
             try:
-                what = self.step()
+                what = self.step(wait=LONG_POLL)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - a follower outlives server trouble
                 failures += 1
