@@ -119,3 +119,31 @@ def test_the_agent_bandwidth_cap_paces_log_batches_too(grid, tmp_path) -> None:
         batch = c.data_log("ref", st["epoch"], st["pos"])
         assert len(batch["entries"]) == 20
         assert c.bandwidth.taken == c.bytes_received - before > 0
+
+
+def test_a_replica_of_an_older_epoch_is_behind_whatever_its_position(any_grid, tmp_path) -> None:
+    admin = any_grid.admin
+    make_release(admin)
+    make_source(admin, tmp_path)
+    old = admin.data_status("ref")
+    job = make_job(admin, units=1, data=["ref"])
+    admin.data_sql("ref", "ALTER TABLE ref RENAME COLUMN v TO w")  # destructive: a new epoch
+    new = admin.data_status("ref")
+    assert new["epoch"] != old["epoch"] and new["pos"] >= old["pos"]
+    w = SimWorker(any_grid)
+    res = lease_with(w, {"ref": [old["epoch"], old["pos"] + 10]})
+    assert res.leases == [] and res.replicate == {"ref": old["pos"]}
+    res = lease_with(w, {"ref": [new["epoch"], new["pos"]]})
+    assert [x.job for x in res.leases] == [job["id"]]
+
+
+def test_outside_the_transfer_window_a_worker_is_not_told_to_replicate(grid, tmp_path) -> None:
+    admin = grid.admin
+    make_release(admin)
+    make_source(admin, tmp_path)
+    make_job(admin, units=1, data=["ref"])
+    w = SimWorker(grid)
+    res = w.c.lease(p.LeaseRequest(resources=p.WorkerResources(fetch_allowed=False),
+                                   max_units=1))
+    assert res.leases == [] and res.replicate == {}
+    assert res.reason == "outside transfer window"

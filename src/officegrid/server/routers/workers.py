@@ -68,6 +68,7 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
     resources = body.resources.model_dump()
     held: dict[str, str] = {}  # release -> "prepare" | "window" (see units_q.claim)
     behind: dict[str, int] = {}  # data source -> position to replicate to (see units_q.claim)
+    epochs = await ctx.run(_current_epochs, ctx, list(body.resources.data))
 
     def try_claim():
         now = ctx.now()
@@ -85,7 +86,7 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
             leases = units_q.claim(conn, w["id"], body.max_units, now, ctx.policy, skip,
                                    skip_locked=not ctx.db.is_sqlite,
                                    **_claim_filters(body.resources), held_back=held,
-                                   behind=behind)
+                                   epochs=epochs, behind=behind)
             return leases, _held_reason(held, behind)
 
     first = True
@@ -125,7 +126,25 @@ def _claim_filters(res: p.WorkerResources) -> dict:
     """The claim's hold-back filters from what the worker reports (see units_q.claim)."""
     return {"prepared": frozenset(res.prepared),
             "cached": None if res.fetch_allowed else frozenset(res.releases),
-            "data": {name: int(at[1]) for name, at in res.data.items()}}
+            "data": {name: [str(at[0]), int(at[1])] for name, at in res.data.items()}}
+
+
+def _current_epochs(ctx, names: list[str]) -> dict[str, str]:
+    """Data source -> the master's current epoch, for the sources a worker follows (the head
+    of this process's last poll; polled now if there was none). Unknown sources are left out."""
+    from officegrid.server.routers.data import service
+    from officegrid.sync.replication.errors import DataSourceError
+
+    out = {}
+    for name in names:
+        try:
+            svc = service(ctx, name)
+            head = svc.known_head() or svc.poll(force=True).get("head")
+        except (HTTPException, DataSourceError, OSError):
+            continue
+        if head is not None:
+            out[name] = head.epoch
+    return out
 
 
 def _to_prepare(held: dict[str, str]) -> list[str]:
@@ -179,6 +198,8 @@ async def complete(attempt_id: str, body: p.Completion, request: Request,
     ctx = ctx_of(request)
     w = who.worker
     now = ctx.now()
+    epochs = await ctx.run(_current_epochs, ctx, list(body.resources.data)) \
+        if body.resources and body.want_next else {}
 
     def run():
         # The result blob is stored (fsynced) before the transaction that references it.
@@ -203,7 +224,7 @@ async def complete(attempt_id: str, body: p.Completion, request: Request,
                 got = units_q.claim(conn, w["id"], 1, now, ctx.policy, skip,
                                     skip_locked=not ctx.db.is_sqlite,
                                     **(_claim_filters(body.resources) if body.resources
-                                       else {"prepared": frozenset()}))
+                                       else {"prepared": frozenset()}), epochs=epochs)
                 nxt = got[0] if got else None
             return outcome, nxt
 

@@ -118,7 +118,8 @@ def _release_env(conn: Connection, release: str, cache: dict[str, str | None]) -
 def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
           skip_releases: frozenset[str] = frozenset(), skip_locked: bool = False, *,
           prepared: frozenset[str] | None = None, cached: frozenset[str] | None = None,
-          held_back: dict[str, str] | None = None, data: dict[str, int] | None = None,
+          held_back: dict[str, str] | None = None, data: dict[str, list[Any]] | None = None,
+          epochs: dict[str, str] | None = None,
           behind: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Lease up to ``n`` queued units to ``worker_id`` (queued → leased); return Lease dicts.
 
@@ -133,10 +134,14 @@ def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
     reports which environments it built), releases that have an environment (``releases.env``)
     not in it. ``held_back`` (if given) receives release id -> ``"window"`` or ``"prepare"``
     for each release held back; the worker should prepare the latter and ask again. With
-    ``data`` (data source -> position of the worker's replica), jobs whose required position
-    (``jobs.data``, the master's head at submit) is newer than the worker's replica, or that
-    need a source it does not follow; ``behind`` (if given) receives source -> the position to
-    reach, so the worker catches up before it holds a lease, not while the lease runs.
+    ``data`` (data source -> ``[epoch, position]`` of the worker's replica), jobs that need a
+    source the worker does not follow, or whose required position (``jobs.data``, the master's
+    head at submit) the replica has not reached in the master's current epoch (``epochs``:
+    source -> current epoch; a new epoch's positions continue above the old head, so position
+    numbers compare across epochs, but a replica still in an older epoch holds withdrawn data,
+    e.g. of a master restored from a backup); without a known current epoch the job's own
+    epoch is required. ``behind`` (if given) receives source -> the position to reach, so the
+    worker catches up before it holds a lease, not while the lease runs.
     """
     env_cache: dict[str, str | None] = {}
 
@@ -144,11 +149,21 @@ def claim(conn: Connection, worker_id: int, n: int, now: float, policy: Policy,
         """Sources (-> required position) this worker's replicas do not reach yet."""
         if data is None or not job_data:
             return {}
-        return {name: int(req[1]) for name, req in _data_required(job_data).items()
-                if data.get(name, -1) < int(req[1])}
+        need = {}
+        for name, (req_epoch, req_pos) in _data_required(job_data).items():
+            have = data.get(name)
+            epoch = (epochs or {}).get(name) or req_epoch
+            if have is None or have[0] != epoch or int(have[1]) < int(req_pos):
+                need[name] = int(req_pos)
+        return need
 
     def hold_job(job: Any) -> bool:
         need = lacks_data(job.data)
+        if need and cached is not None:  # outside the transfer window: nothing to follow now
+            if held_back is not None:
+                for name in need:
+                    held_back.setdefault(f"data:{name}", "window")
+            return True
         if need and behind is not None and conn.execute(
                 select(units.c.id).where(units.c.job_id == job.id, units.c.state == "queued")
                 .limit(1)).first() is not None:
