@@ -13,7 +13,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ByteSize, ConfigDict, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from officegrid.sizes import check_size
 
 DEFAULT_SERVER = "http://127.0.0.1:8765"
 CONFIG_ENV = "OFFICEGRID_CONFIG"
@@ -119,12 +128,26 @@ class WorkerSettings(_Settings):
 
             Schedule.parse(v)  # ValueError names the bad part
         return v
-    # Resource guards (worker/owner.py); bytes, or a size such as "2GB" / "512MiB".
+    # Resource guards (worker/owner.py); bytes, or a size such as "2GB" / "512MiB". Caps
+    # (max_memory, disk_budget) must be > 0 (unset: no cap); floors accept 0 (no floor).
     max_memory: ByteSize | None = None  # RSS summed over a unit's tree; over it the attempt fails
     min_free_disk: ByteSize | None = None  # below this free in the work dir, take no units
     # The whole work dir (releases, environments, chunk cache, replicas, logs) stays within
     # this; least recently used releases, environments and chunks are evicted first.
     disk_budget: ByteSize | None = None
+
+    @field_validator("max_memory", "disk_budget", mode="before")
+    @classmethod
+    def _check_cap(cls, v: Any, info: ValidationInfo) -> Any:
+        # A cap of 0 would fail every unit (max_memory) or evict everything (disk_budget):
+        # refused, unlike the floors below, where 0 means "no floor" (as min_free_memory).
+        return check_size(v, info.field_name or "size", allow_zero=False)
+
+    @field_validator("min_free_disk", mode="before")
+    @classmethod
+    def _check_floor(cls, v: Any, info: ValidationInfo) -> Any:
+        return check_size(v, info.field_name or "size", allow_zero=True)
+
     # cgroup v2 for unit trees (worker/cgroup.py): "auto" (the agent's own cgroup when systemd
     # delegated it), "self", "off", or a cgroup2 directory. None: "auto".
     cgroup_root: str | None = None

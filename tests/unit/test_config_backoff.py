@@ -86,3 +86,37 @@ def test_owner_policy_events_are_logged_by_default_and_the_rest_stays_quiet(monk
         logging.getLogger("officegrid.worker.owner").setLevel(logging.NOTSET)
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_a_zero_memory_cap_is_refused_naming_the_key_and_floors_take_zero(tmp_path):
+    """issue 5 trial: max_memory = "0" was accepted and killed every unit."""
+    cfg = tmp_path / "officegrid.toml"
+    for key in ("max_memory", "disk_budget"):
+        for zero in ('"0"', "0", '"0GB"'):
+            cfg.write_text(f"[worker]\n{key} = {zero}\n")
+            with pytest.raises(ConfigError, match=rf"worker\.{key} .*must be more than 0"):
+                load(WorkerSettings, "worker", config_file=cfg)
+    cfg.write_text('[worker]\nmax_memory = "2GB"\nmin_free_disk = "0"\n')
+    s = load(WorkerSettings, "worker", config_file=cfg)
+    assert (s.max_memory, s.min_free_disk) == (2_000_000_000, 0)
+
+
+@pytest.mark.parametrize("value", ['"-3"', "-3", '"-2GB"', '" -1 MiB"'])
+def test_a_negative_size_says_it_is_negative(tmp_path, value):
+    cfg = tmp_path / "officegrid.toml"
+    cfg.write_text(f"[worker]\nmin_free_disk = {value}\n")
+    with pytest.raises(ConfigError, match=r"worker\.min_free_disk .*must not be negative"):
+        load(WorkerSettings, "worker", config_file=cfg)
+
+
+def test_human_bytes_never_shows_an_exponent_and_pairs_differ():
+    from officegrid.sizes import bytes_pair, human_bytes
+
+    assert human_bytes(83.2e9) == "83.2 GB"
+    assert human_bytes(1e14) == "100 TB"  # was "1e+05 GB"
+    assert human_bytes(999_960) == "1 MB"  # rounds up a unit, not to "1e+03 kB"
+    assert human_bytes(2.5e21) == "2500000 PB"
+    assert human_bytes(512) == "512 B"
+    assert bytes_pair(22720 << 20, 95367 << 20) == ("23.8 GB", "100 GB")
+    # equal at 3 digits: exact counts, so "A < B" never reads "1 GB < 1 GB"
+    assert bytes_pair(999_999_999, 1_000_000_000) == ("999,999,999 B", "1,000,000,000 B")

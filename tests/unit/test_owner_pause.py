@@ -246,3 +246,93 @@ def test_watch_follows_a_removed_directory_of_its_own(work_dir: Path) -> None:
         assert watch.poll()[0] == math.inf
     finally:
         watch.close()
+
+
+# ------------------------------------------------------------------ issue 5 trial findings
+
+
+@needs_root
+def test_a_second_users_pause_reaches_the_operator_at_once(work_dir: Path) -> None:
+    """`officegrid workers` named one owner ("paused by owner (nobody)") while two had paused:
+    the agent heartbeated on a change of state only, and a second pause changes no state."""
+    from officegrid.worker.owner import OwnerMonitor
+    from officegrid.worker.policy import Policy, PolicySettings
+
+    P.write_pause(work_dir, math.inf)  # creates root's sessions dir, as an agent by hand
+    P.clear_pause(work_dir)
+    changes: list[str | None] = []
+    monitor = OwnerMonitor(Policy.from_settings(PolicySettings()), work_dir, lambda: [],
+                           idle=False)
+    monitor.on_change = lambda: changes.append(monitor.reason)
+    try:
+        monitor.tick()
+        assert monitor.heartbeat_state("idle", None) == ("idle", None)
+
+        def nobody_pauses() -> int:
+            P.write_pause(work_dir, math.inf)
+            return 0
+
+        assert _as_user(NOBODY, nobody_pauses) == 0
+        monitor.tick()
+        assert changes == ["paused by owner (nobody)"]
+        P.write_pause(work_dir, math.inf)
+        monitor.tick()
+        assert changes[-1] == f"paused by owner (nobody, {ME})" and len(changes) == 2
+        assert monitor.heartbeat_state("idle", None) == ("paused", changes[-1])
+        monitor.tick()
+        assert len(changes) == 2  # nothing new: no extra heartbeat
+    finally:
+        monitor.close()
+
+
+def test_the_log_names_the_state_once() -> None:
+    from officegrid.worker.owner import state_text
+
+    assert state_text("suspended", "suspended: input (idle 1 s < 5 min)") \
+        == "suspended: input (idle 1 s < 5 min)"
+    assert state_text("paused", "paused by owner (alice)") == "paused: paused by owner (alice)"
+    assert state_text("waiting", "low disk: 1 GB free < 2 GB") \
+        == "waiting: low disk: 1 GB free < 2 GB"
+    assert state_text("waiting", None) == "waiting"
+
+
+def test_idle_evaluates_the_running_agents_policy(work_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`officegrid idle` said "policy always" (the caller's missing config) while the installed
+    agent ran desktop: the agent's status now carries its policy, and idle uses it."""
+    from officegrid.cli.owner import _agent_policy
+
+    monkeypatch.chdir(tmp_path)  # no officegrid.toml here
+    monkeypatch.delenv("OFFICEGRID_CONFIG", raising=False)
+    monkeypatch.delenv("OFFICEGRID_POLICY", raising=False)
+    settings, origin = _agent_policy(None, work_dir)
+    assert settings.preset == "always"
+    assert "no officegrid.toml" in origin and "no agent runs" in origin
+    watch = P.PauseWatch(work_dir, {"preset": "desktop", "start_idle": 60.0})
+    try:
+        watch.poll()
+        agent = P.find_agent(work_dir)
+        assert agent is not None and agent.policy == {"preset": "desktop", "start_idle": 60.0}
+        settings, origin = _agent_policy(agent, work_dir)
+        assert (settings.preset, settings.value("start_idle")) == ("desktop", 60.0)
+        assert f"pid {os.getpid()}" in origin
+    finally:
+        watch.close()
+
+
+def test_resume_of_an_expired_pause_says_it_had_expired(work_dir: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from officegrid.cli.pause import resume
+
+    app = typer.Typer()
+    app.command()(resume)
+    P.write_pause(work_dir, time.time() - 5)
+    out = CliRunner().invoke(app, ["--work-dir", str(work_dir)])
+    assert out.exit_code == 0, out.output
+    assert "had already expired" in out.output and "worker resumed" not in out.output
+    assert P.read_pauses(work_dir) == []
+    P.write_pause(work_dir, time.time() + 60)
+    out = CliRunner().invoke(app, ["--work-dir", str(work_dir)])
+    assert "worker resumed" in out.output

@@ -221,7 +221,8 @@ def test_desktop_vacates_after_max_suspend() -> None:
 def test_low_memory_blocks_starts_and_vacates_early() -> None:
     p = policy("desktop")
     v = p.evaluate(obs(free_memory=100 << 20))
-    assert not v.may_start and v.reason == "low memory (free 100 MiB < 256 MiB)"
+    # one formatter of sizes (officegrid.sizes.human_bytes): 100 MiB, 256 MiB
+    assert not v.may_start and v.reason == "low memory (free 105 MB < 268 MB)"
     v = p.evaluate(obs(running=True, idle_seconds=5.0, suspended_for=10.0,
                        free_memory=100 << 20))
     assert v.action == "vacate" and v.reason.startswith("low memory")
@@ -412,3 +413,31 @@ def test_bad_window_or_zone_is_refused_naming_the_key(tmp_path: Path) -> None:
     cfg.write_text('[policy]\npreset = "night"\nwindow = "mon-fri 20:00-06:00"\n'
                    'tz = "Europe/Berlin"\n')
     assert Policy.from_settings(load_policy(config_file=cfg)).schedule is not None
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def test_numbers_that_read_the_same_show_the_comparison_actually_made() -> None:
+    """issue 5 trial: "idle 10 s < 10 s" and "non-grid CPU 75% > 75%"."""
+    p = policy("desktop", start_idle=10, continue_idle=10, max_cpu=0.75)
+    v = p.evaluate(obs(idle_seconds=9.6))
+    assert v.reason == "owner active (idle 9.6 s < 10.0 s)"
+    v = p.evaluate(obs(non_grid_cpu=0.753))
+    assert v.reason == "owner busy (non-grid CPU 75.3% > 75.0%)"
+    v = p.evaluate(obs(running=True, idle_seconds=9.96, suspended_for=1.0))
+    assert v.reason == "suspended: input (idle 9.96 s < 10.00 s)"
+    # numbers that read differently keep the short form
+    assert policy("desktop").evaluate(obs(non_grid_cpu=0.45)).reason \
+        == "owner busy (non-grid CPU 45% > 30%)"
+
+
+def test_min_free_memory_negative_is_refused_naming_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "officegrid.toml"
+    for bad in ("-3", '"-3"', '"-512MiB"'):
+        cfg.write_text(f'[policy]\npreset = "desktop"\nmin_free_memory = {bad}\n')
+        with pytest.raises(ConfigError, match=r"policy\.min_free_memory .*must not be negative"):
+            load_policy(config_file=cfg)
+    cfg.write_text('[policy]\npreset = "desktop"\nmin_free_memory = "0"\n')
+    p = Policy.from_settings(load_policy(config_file=cfg))
+    assert p.min_free_memory == 0 and p.evaluate(obs(free_memory=1)).may_start  # 0: off

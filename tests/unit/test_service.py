@@ -10,6 +10,7 @@ import plistlib
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -48,7 +49,7 @@ def test_linux_plan_systemd_unit() -> None:
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     # The account is created first, and only when missing.
     assert plan.before[0][0] == "useradd" and plan.before[0][-1] == "officegrid"
-    assert not service.plan_install("linux", "x", command=CMD, user_exists=True).before
+    assert not service.plan_install("linux", "http://x", command=CMD, user_exists=True).before
     assert ["systemctl", "enable", "--now", "officegrid-worker.service"] in plan.commands
 
 
@@ -67,7 +68,7 @@ def test_linux_plan_config_autostart_and_sessions_dir() -> None:
 
 
 def test_home_install_warns_and_keeps_home_visible() -> None:
-    plan = service.plan_install("linux", "x", command=["/home/al/.venv/bin/python", "-m",
+    plan = service.plan_install("linux", "http://x", command=["/home/al/.venv/bin/python", "-m",
                                                        "officegrid"])
     assert "# ProtectHome=yes" in plan.file(".service").content
     assert any("/home/al/.venv/bin/python" in n for n in plan.notes)
@@ -75,9 +76,9 @@ def test_home_install_warns_and_keeps_home_visible() -> None:
 
 def test_bad_os_and_policy_refused() -> None:
     with pytest.raises(ValueError, match="unknown policy 'sometimes'"):
-        service.plan_install("linux", "x", policy="sometimes")
+        service.plan_install("linux", "http://x", policy="sometimes")
     with pytest.raises(ValueError, match="unknown OS 'beos'"):
-        service.plan_install("beos", "x")
+        service.plan_install("beos", "http://x")
     with pytest.raises(ValueError, match="no service installer"):
         service.os_name("sunos5")
 
@@ -328,3 +329,91 @@ def test_help_points_to_the_enroll_environment_variable() -> None:
         text = " ".join(out.stdout.split())
         assert "prefer the OFFICEGRID_ENROLL variable: a flag is visible to every user in ps" \
             in text, args
+
+
+def test_a_server_url_the_agent_would_refuse_is_refused_at_install() -> None:
+    for bad in ("ftp://x", "x:8765", "http://", "127.0.0.1:8765"):
+        with pytest.raises(ValueError, match="must be http://HOST"):
+            service.plan_install("linux", bad)
+    assert service.plan_install("linux", "https://grid.example:8443").os_name == "linux"
+
+
+def test_cli_dry_run_refuses_a_bad_url_and_warns_without_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OFFICEGRID_ENROLL"}
+    env["OFFICEGRID_CONFIG"] = os.devnull
+    bad = subprocess.run([sys.executable, "-m", "officegrid", "worker", "install", "--server",
+                          "ftp://x", "--dry-run"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode != 0 and "ftp://x" in bad.stderr and "would" not in bad.stdout
+    root = tmp_path / "root"
+    out = subprocess.run([sys.executable, "-m", "officegrid", "worker", "install", "--server",
+                          "http://127.0.0.1:8765", "--root", str(root)],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "warning: no join token and no identity" in out.stderr
+
+
+def test_preflight_warns_of_a_missing_token_unless_an_identity_exists(tmp_path: Path) -> None:
+    wd = PurePosixPath("/var/lib/officegrid/worker")
+    cmd = [sys.executable, "-m", "officegrid"]
+    warnings = service.preflight("windows", enroll=None, command=cmd, work_dir=wd,
+                                 service_user=None, root=tmp_path)
+    assert len(warnings) == 1 and "no join token" in warnings[0]
+    assert service.preflight("windows", enroll="ogj_x", command=cmd, work_dir=wd,
+                             service_user=None, root=tmp_path) == []
+    ident = tmp_path / "var/lib/officegrid/worker/identity.json"
+    ident.parent.mkdir(parents=True)
+    ident.write_text("{}")
+    assert service.preflight("windows", enroll=None, command=cmd, work_dir=wd,
+                             service_user=None, root=tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX permissions")
+def test_an_interpreter_the_service_account_cannot_reach_is_named() -> None:
+    """issue 5 trial: a venv under /root (0700) gave a service that could not start."""
+    base = Path(tempfile.mkdtemp(prefix="og-reach-"))  # in /tmp: pytest's own dir is 0700
+    try:
+        _check_reach(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _check_reach(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    exe = home / "venv/bin/python"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("")
+    os.chmod(exe, 0o755)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(home, 0o700)
+    other = 65534 if os.geteuid() != 65534 else 65533
+    problems = service.unreachable([exe, exe.parent], other, set())
+    assert problems == [f"{home} (mode 0700, uid {os.geteuid()}: not searchable for it)"]
+    os.chmod(home, 0o750)  # the group may pass: a member of it reaches the interpreter
+    assert service.unreachable([exe], other, {home.stat().st_gid}) == []
+    assert service.unreachable([exe], other, set()) != []
+    os.chmod(home, 0o755)
+    assert service.unreachable([exe], other, set()) == []
+    os.chmod(exe, 0o644)
+    assert "not executable" in service.unreachable([exe], other, set())[0]
+    cmd = [str(exe), "-m", "officegrid"]
+    os.chmod(home, 0o700)
+    warnings = service.preflight("linux", enroll="ogj_x", command=cmd,
+                                 work_dir=PurePosixPath("/var/lib/officegrid/worker"),
+                                 service_user=None, root=tmp_path)
+    assert any(f"cannot reach {home}" in w for w in warnings)
+
+
+def test_the_example_config_is_valid_toml_when_uncommented() -> None:
+    """issue 5 trial: several example keys on one line were invalid TOML once uncommented."""
+    from officegrid.worker.policy import PolicySettings
+
+    text = service.plan_install("linux", "http://127.0.0.1:8765").file("officegrid.toml").content
+    examples = [line for line in text.splitlines() if line.startswith("# ") and " = " in line]
+    assert len(examples) >= 6
+    uncommented = "\n".join(line[2:] if line in examples else line
+                            for line in text.splitlines())
+    data = tomllib.loads(uncommented)
+    PolicySettings(**data["policy"])  # and every key is a real [policy] key
+    assert set(data["policy"]) >= {"start_idle", "continue_idle", "max_suspend", "max_cpu",
+                                   "window", "allow_battery"}

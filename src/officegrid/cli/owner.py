@@ -8,6 +8,7 @@ works unchanged); it becomes a group whose callback is that command, with the su
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -24,7 +25,9 @@ from officegrid.cli.common import handle_errors
 # not list it); click's default check would refuse it for every user but the service.
 WorkDirOpt = typer.Option(None, "--work-dir", readable=False,
                           help="the agent's work dir (reporter files are in its sessions/ "
-                          "folder) [default: [worker].work_dir, else the user data dir]")
+                          "folder) [default: [worker].work_dir / OFFICEGRID_WORK_DIR, else the "
+                          "installed service's or the by-hand one, whichever has a running "
+                          "agent, as for `officegrid pause`]")
 
 
 def _work_dir(work_dir: Path | None) -> Path:
@@ -34,6 +37,48 @@ def _work_dir(work_dir: Path | None) -> Path:
     settings = load(WorkerSettings, "worker", {"work_dir": work_dir},
                     env_skip=frozenset({"token", "server", "enroll", "ca", "name"}))
     return Path(settings.work_dir or default_work_dir()).resolve()
+
+
+def _discover(work_dir: Path | None) -> tuple[Path, Any]:
+    """(work dir, its live agent's status or None), found as ``officegrid pause`` finds it:
+    the flag or [worker].work_dir, else the installed service's work dir or the by-hand one,
+    whichever has a running agent (officegrid.cli.pause.resolve_work_dir). Where none exists
+    yet, the flag's or the user data dir, without an agent."""
+    from officegrid.cli.pause import resolve_work_dir
+
+    try:
+        return resolve_work_dir(work_dir)
+    except ValueError:  # no work dir yet: the reporter and `idle` still work
+        return _work_dir(work_dir), None
+
+
+def _agent_policy(agent: Any, work_dir: Path) -> tuple[Any, str]:
+    """(PolicySettings, where it came from): the running agent's own policy when its status
+    says it, else the config this command reads (OFFICEGRID_CONFIG or ./officegrid.toml, and
+    OFFICEGRID_POLICY), said plainly."""
+    import os
+
+    from officegrid.config import CONFIG_ENV, load_policy
+    from officegrid.worker.policy import PolicySettings
+
+    unreadable = ""
+    if agent is not None and getattr(agent, "policy", None) is not None:
+        try:
+            return (PolicySettings(**agent.policy),
+                    f"the policy of the agent running on {work_dir}, pid {agent.pid}")
+        except ValueError as exc:  # another version's keys: say so, use the config
+            unreadable = f" (its policy {agent.policy} does not load here: {exc})"
+    settings = load_policy()
+    path = Path(os.environ.get(CONFIG_ENV) or "officegrid.toml")
+    origin = f"from {path}" if path.exists() else f"no {path}: defaults"
+    if os.environ.get("OFFICEGRID_POLICY"):
+        origin += ", preset from OFFICEGRID_POLICY"
+    if agent is None:
+        origin += f"; no agent runs on {work_dir} to say its own"
+    else:
+        origin += (f"; the agent on {work_dir} (pid {agent.pid}) does not say its own"
+                   f"{unreadable}")
+    return settings, origin
 
 
 def _fmt_idle(seconds: float | None) -> str:
@@ -53,13 +98,13 @@ def idle(work_dir: Path = WorkDirOpt,
                                           "all that work on this OS]"),
          as_json: bool = typer.Option(False, "--json", help="print the readings as JSON")
          ) -> None:
-    """Show what each idle source sees (seconds since input, or why it cannot tell)."""
-    from officegrid.config import load_policy
+    """Show what each idle source sees (seconds since input, or why it cannot tell), and what
+    the owner policy of this machine's agent (found as `officegrid pause` finds it) says."""
     from officegrid.worker.idle import IdleMonitor
 
-    policy = load_policy()
+    wd, agent = _discover(work_dir)
+    policy, origin = _agent_policy(agent, wd)
     sources = list(source) if source else policy.value("sources")
-    wd = _work_dir(work_dir)
     with IdleMonitor(work_dir=wd, sources=sources) as monitor:
         status = monitor.read()
     verdict = _policy_verdict(policy, status, wd)
@@ -68,7 +113,9 @@ def idle(work_dir: Path = WorkDirOpt,
             "idle_seconds": status.idle_seconds, "present": status.present,
             "no_session": status.no_session, "locked": status.locked,
             "verdict": _verdict_text(status),
-            "policy": {"preset": policy.preset, "may_start": verdict.may_start,
+            "work_dir": str(wd),
+            "policy": {"preset": policy.preset, "origin": origin,
+                       "may_start": verdict.may_start,
                        "state": verdict.state, "reason": verdict.reason},
             "readings": [{"source": r.source, "idle_seconds": r.idle_seconds,
                           "detail": r.detail, "present": r.present, "partial": r.partial,
@@ -98,6 +145,7 @@ def idle(work_dir: Path = WorkDirOpt,
     console.print(f"policy {policy.preset}: "
                   f"{'may start units' if verdict.may_start else 'no new units'}"
                   f"{f' ({reason})' if reason else ''}", highlight=False)
+    console.print(f"policy evaluated: {origin}", highlight=False)
 
 
 def _policy_verdict(settings: Any, status: Any, work_dir: Path) -> Any:
@@ -154,7 +202,7 @@ def idle_reporter(work_dir: Path = WorkDirOpt,
     from officegrid.worker.idle import IdleMonitor, default_session_sources
     from officegrid.worker.idle.reporter import run_reporter, sessions_dir
 
-    wd = _work_dir(work_dir)
+    wd, _agent = _discover(work_dir)
     sources = list(source) if source else default_session_sources()
     print(f"idle-reporter: reading {', '.join(sources)}; writing to {sessions_dir(wd)}",
           file=sys.stderr, flush=True)
@@ -196,6 +244,14 @@ def install(server: str = typer.Option(..., "--server", "-s", envvar="OFFICEGRID
             user_exists = False
     plan = service.plan_install(kind, server, enroll=enroll, policy=policy,
                                 user_exists=user_exists and root is None)
+    with contextlib.suppress(ValueError):  # no installer for this OS: nothing to check here
+        if kind == service.os_name():  # the files checked are this machine's
+            account = {"linux": service.SERVICE_USER, "macos": service.MAC_USER}.get(kind)
+            for warning in service.preflight(
+                    kind, enroll=enroll, command=service.default_command(),
+                    work_dir=service.default_work_dir(kind), root=root,
+                    service_user=account if user_exists and root is None else None):
+                print(f"warning: {warning}", file=sys.stderr)
     raise typer.Exit(service.apply(plan, root=root, dry_run=dry_run))
 
 

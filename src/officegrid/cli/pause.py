@@ -141,10 +141,12 @@ def resume(work_dir: Path = WorkDirOpt,
            everyone: bool = typer.Option(False, "--all", help="end every user's pause (root, "
                                          "or the owner of an agent run by hand)")) -> None:
     """End your pause of this machine's worker (units continue as the policy allows)."""
-    from officegrid.worker.pause import clear_pause, pause_state, read_pauses
+    from officegrid.worker.pause import clear_pause, me, pause_state, read_pauses
 
     wd, agent = resolve_work_dir(work_dir)
     started = time.time()
+    # A pause file outlives its end time: removing it then resumes nothing.
+    expired = [p for p in read_pauses(wd) if p.key == me() and not p.active(started)]
     removed = clear_pause(wd, everyone=everyone)
     if removed and agent is not None:
         _wait_agent(wd, started, paused=False)
@@ -153,6 +155,10 @@ def resume(work_dir: Path = WorkDirOpt,
         head = f"ended the pause of {', '.join(removed)}" if removed else "nobody had paused it"
     else:
         head = "worker resumed" if removed else "you had not paused the worker"
+        if removed and expired:
+            end = datetime.fromtimestamp(expired[0].until).astimezone()
+            head = (f"your pause had already expired at {end.strftime('%H:%M:%S %Z')}: "
+                    "nothing to resume")
     if until is not None:
         say(f"{head}; it is still paused by {who} {_when(until)} (only they, or root with "
             "`officegrid resume --all`, can end that pause)")

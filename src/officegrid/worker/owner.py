@@ -52,6 +52,7 @@ from typing import Any
 
 import psutil
 
+from officegrid.sizes import bytes_pair, human_bytes
 from officegrid.worker.idle import IdleMonitor
 from officegrid.worker.load import NonGridCpu, on_battery
 from officegrid.worker.pause import PauseWatch
@@ -63,12 +64,16 @@ log = logging.getLogger("officegrid.worker.owner")
 # Formatting
 
 
-def human_bytes(n: float) -> str:
-    """``2300000000`` -> ``"2.3 GB"`` (decimal units, 3 significant digits)."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{int(n)} B"
+# human_bytes lives in officegrid.sizes (one formatter of sizes); imported here for the
+# modules that take it from this one (cgroup, winjob).
+
+
+def state_text(state: str, reason: str | None) -> str:
+    """``"suspended: input (...)"`` for state "suspended" and that reason: the state once,
+    not "suspended: suspended: input" when the reason already starts with it."""
+    if not reason:
+        return state
+    return reason if reason.startswith(f"{state}:") else f"{state}: {reason}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +269,9 @@ class OwnerMonitor:
                 if watches_input else False
         self._idle = idle or None
         self._cpu, self._on_battery = NonGridCpu(), on_battery
-        self._pause = PauseWatch(self.work_dir)
+        settings = getattr(policy, "settings", None)
+        self._pause = PauseWatch(self.work_dir, settings.model_dump(mode="json", exclude_none=True)
+                                 if settings is not None else None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._suspended_since: float | None = None
@@ -368,9 +375,11 @@ class OwnerMonitor:
                 free = shutil.disk_usage(self.work_dir).free
             except OSError:
                 free = None
-            self.disk_reason = (f"low disk: {human_bytes(free)} free < "
-                                f"{human_bytes(self.min_free_disk)}"
-                                if free is not None and free < self.min_free_disk else None)
+            low_disk = None
+            if free is not None and free < self.min_free_disk:
+                have, floor = bytes_pair(free, self.min_free_disk)
+                low_disk = f"low disk: {have} free < {floor}"
+            self.disk_reason = low_disk
         self.awake.check()
 
     def tick(self) -> Any:
@@ -457,12 +466,14 @@ class OwnerMonitor:
         else:
             state, reason = verdict.state, verdict.reason
         state_changed = state != self.state
+        # Who paused it is news too (a second user's pause): that reason holds no counter.
+        pausers_changed = state == "paused" and reason != self.reason
         self.state, self.reason = state, reason
-        if state_changed or may_changed:
+        if state_changed or may_changed or pausers_changed:
             # Heartbeat at once on a change of state, not of the reason's text (it counts
             # idle seconds): the operator sees it now and the server is not flooded.
             if state:
-                log.info("owner policy: %s%s", state, f": {reason}" if reason else "")
+                log.info("owner policy: %s", state_text(state, reason))
             if self.on_change is not None:
                 self.on_change()
 

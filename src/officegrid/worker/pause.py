@@ -113,6 +113,9 @@ class AgentStatus:
     paused_by: tuple[str, ...]  # keys of the users whose pauses it honours
     users: tuple[str, ...]
     until: float | None  # math.inf: until resumed; None: not paused
+    # The agent's owner policy (PolicySettings fields that are set), so `officegrid idle`
+    # evaluates the policy the agent uses, not whatever config the caller's directory has.
+    policy: dict | None = None
 
     def live(self, now: float | None = None) -> bool:
         """Fresh (written within STATUS_STALE seconds) and its process exists."""
@@ -161,10 +164,12 @@ def _parse_status(name: str, text: str, st_uid: int) -> AgentStatus | None:
             return None
         until = body.get("until")
         paused = bool(body.get("paused"))
+        policy = body.get("policy")
         return AgentStatus(key, int(body["pid"]), float(body["written_at"]),
                            tuple(str(k) for k in body.get("paused_by", ())),
                            tuple(str(u) for u in body.get("users", ())),
-                           (math.inf if until is None else float(until)) if paused else None)
+                           (math.inf if until is None else float(until)) if paused else None,
+                           policy if isinstance(policy, dict) else None)
     except (KeyError, ValueError, TypeError, AttributeError):
         return None
 
@@ -297,11 +302,13 @@ class PauseWatch:
 
     :meth:`poll` lists the pinned sessions directory (a few entries: one ``scandir``), parses
     only pause files that changed since the last tick, and rewrites the agent's status file
-    when the answer changed (else every STATUS_INTERVAL seconds). Never raises.
+    when the answer changed (else every STATUS_INTERVAL seconds). Never raises. ``policy``
+    (JSON-able: the set fields of the agent's PolicySettings) goes into the status too.
     """
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, policy: dict | None = None) -> None:
         self.work_dir = Path(work_dir)
+        self.policy = policy
         self.dir = sessions_dir(self.work_dir)
         self._fd: int | None = None
         self._pinned: os.stat_result | None = None
@@ -408,6 +415,8 @@ class PauseWatch:
                 "paused": until is not None,
                 "until": None if until is None or math.isinf(until) else until,
                 "paused_by": list(keys), "users": who.split(", ") if who else []}
+        if self.policy is not None:
+            body["policy"] = self.policy
         self._status_key, self._status_at = key, mono
         try:
             write_atomic(self.dir, f"{me()}{AGENT_SUFFIX}", json.dumps(body),

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ByteSize, ConfigDict, ValidationInfo, field_validator
+
+from officegrid.sizes import bytes_pair, check_size, human_bytes
 
 PRESETS = ("always", "desktop", "night", "desktop-or-night")
 
@@ -150,6 +153,11 @@ class PolicySettings(BaseModel):
     def _duration(cls, v: Any, info: ValidationInfo) -> Any:
         return None if v is None else parse_duration(v, info.field_name or "duration")
 
+    @field_validator("min_free_memory", mode="before")
+    @classmethod
+    def _memory_floor(cls, v: Any) -> Any:
+        return check_size(v, "min_free_memory", allow_zero=True)  # 0: off
+
     @field_validator("max_cpu")
     @classmethod
     def _fraction(cls, v: float | None) -> float | None:
@@ -252,8 +260,24 @@ class _Gate:
 _ALLOW = _Gate(True, True, True, False, None)
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.0f} MiB"
+def _pair(a: float, b: float, coarse: Callable[[float], str],
+          fine: Callable[[float, int], str]) -> tuple[str, str]:
+    """``a`` and ``b`` as texts that differ when the numbers do: ``coarse`` first, then
+    ``fine`` with 1, 2, 3 decimals (no "idle 10 s < 10 s" when it was 9.6 s < 10 s)."""
+    ta, tb = coarse(a), coarse(b)
+    for digits in (1, 2, 3):
+        if ta != tb or a == b:
+            break
+        ta, tb = fine(a, digits), fine(b, digits)
+    return ta, tb
+
+
+def _durations(a: float, b: float) -> tuple[str, str]:
+    return _pair(a, b, format_duration, lambda x, d: f"{x:.{d}f} s")
+
+
+def _percents(a: float, b: float) -> tuple[str, str]:
+    return _pair(a, b, lambda x: f"{x:.0%}", lambda x, d: f"{x:.{d}%}")
 
 
 class Policy:
@@ -303,18 +327,19 @@ class Policy:
         if obs.non_grid_cpu is None:
             cpu_why = "cannot tell non-grid CPU use yet"
         elif obs.non_grid_cpu > self.max_cpu:
-            cpu_why = (f"owner busy (non-grid CPU {obs.non_grid_cpu:.0%} > "
-                       f"{self.max_cpu:.0%})")
+            used, cap = _percents(obs.non_grid_cpu, self.max_cpu)
+            cpu_why = f"owner busy (non-grid CPU {used} > {cap})"
         start = idle >= start_need and cpu_why is None
         run = idle >= cont_need
         resume = run and cpu_why is None
         if idle < start_need:
-            why = f"owner active (idle {format_duration(idle)} < {format_duration(start_need)})"
+            now_idle, need = _durations(idle, start_need)
+            why = f"owner active (idle {now_idle} < {need})"
         else:
             why = cpu_why
         if not run:
-            stop = (f"suspended: input (idle {format_duration(idle)} < "
-                    f"{format_duration(cont_need)})")
+            now_idle, need = _durations(idle, cont_need)
+            stop = f"suspended: input (idle {now_idle} < {need})"
         else:
             stop = f"suspended: {cpu_why}" if cpu_why else None
         return _Gate(start, run, resume, False, why if not start else None, stop)
@@ -365,7 +390,8 @@ class Policy:
         low = None
         if (self.min_free_memory and obs.free_memory is not None
                 and obs.free_memory < self.min_free_memory):
-            low = f"low memory (free {_mib(obs.free_memory)} < {_mib(self.min_free_memory)})"
+            free, floor = bytes_pair(obs.free_memory, self.min_free_memory)
+            low = f"low memory (free {free} < {floor})"
         battery = "on battery" if obs.on_battery is True and not self.allow_battery else None
         gate = self._gate(obs)
         if not obs.running:
@@ -405,5 +431,5 @@ class Policy:
         if not self.allow_battery:
             parts.append("not on battery")
         if self.min_free_memory:
-            parts.append(f"min free memory {_mib(self.min_free_memory)}")
+            parts.append(f"min free memory {human_bytes(self.min_free_memory)}")
         return f"{p} ({'; '.join(parts)})"

@@ -110,9 +110,12 @@ def _config_text(server: str, enroll: str | None, policy: str) -> str:
              "[worker]", f"server = {_toml_str(server)}"]
     if enroll:
         lines.append(f"enroll = {_toml_str(enroll)}  # join token, used at the first start")
+    # One key per line: each example line is valid TOML once uncommented. Edits take effect
+    # when the agent restarts (systemctl restart officegrid-worker).
     lines += ["", "[policy]", f"preset = {_toml_str(policy)}",
-              "# start_idle = \"15m\"   continue_idle = \"5m\"   max_suspend = \"10m\"",
-              "# max_cpu = 0.3   window = \"mon-fri 20:00-06:00\"   allow_battery = false", ""]
+              "# start_idle = \"15m\"", "# continue_idle = \"5m\"", "# max_suspend = \"10m\"",
+              "# max_cpu = 0.3", "# window = \"mon-fri 20:00-06:00\"",
+              "# allow_battery = false", ""]
     return "\n".join(lines)
 
 
@@ -362,15 +365,101 @@ def _plan_windows(command: list[str], server: str, enroll: str | None, policy: s
 # ------------------------------------------------------------------------------------ plans
 
 
+def check_server_url(server: str) -> str:
+    """`server` if the agent would accept it (http:// or https:// with a host).
+
+    Raises ValueError naming the URL: the service would otherwise restart forever on it.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"server URL {server!r} must be http://HOST[:PORT] or "
+                         "https://HOST[:PORT] (the agent refuses anything else)")
+    return server
+
+
+def unreachable(paths: list[Path], uid: int, gids: set[int]) -> list[str]:
+    """Why an account (``uid``, groups ``gids``) cannot use `paths` (the interpreter, the
+    officegrid package): each directory on the way, and the last entry, must be searchable or
+    executable (x) for it. Owner, then group, then other bits decide, as the kernel does (ACLs are
+    not read). Returns a line per problem (empty: all reachable); a path that does not exist
+    is reported too.
+    """
+    problems: list[str] = []
+    for target in paths:
+        target = Path(target)
+        chain = [*reversed(target.parents), target]
+        for part in chain:
+            try:
+                st = os.stat(part)
+            except OSError as exc:
+                problems.append(f"{part}: {exc.strerror or exc}")
+                break
+            if st.st_uid == uid:
+                bits = (st.st_mode >> 6) & 0o7
+            elif st.st_gid in gids:
+                bits = (st.st_mode >> 3) & 0o7
+            else:
+                bits = st.st_mode & 0o7
+            if uid != 0 and not bits & 0o1:
+                what = "searchable" if part.is_dir() else "executable"
+                problems.append(f"{part} (mode {st.st_mode & 0o7777:04o}, uid {st.st_uid}: "
+                                f"not {what} for it)")
+                break
+    return list(dict.fromkeys(problems))  # the interpreter and the package share parents
+
+
+def preflight(os_kind: str, *, enroll: str | None, command: list[str],
+              work_dir: PurePath, service_user: str | None,
+              root: Path | None = None) -> list[str]:
+    """Warnings about an install whose service could not start: the interpreter or the
+    officegrid package out of the service account's reach (e.g. a venv under /root, 0700),
+    no join token and no identity in the work dir. ``service_user``: the account's name if
+    it exists (else it is created without groups: only "other" bits count). ``root``: the
+    work dir is looked for under it (``--root``). Checks the files of this machine (so not
+    for a plan of another OS)."""
+    warnings: list[str] = []
+    ident = _under(root, work_dir) / "identity.json"
+    if not enroll and not ident.exists():
+        warnings.append(f"no join token and no identity in {work_dir}: the service cannot "
+                        "register with the server; give OFFICEGRID_ENROLL=TOKEN (or --enroll)")
+    if os_kind in ("linux", "macos") and hasattr(os, "geteuid"):
+        import officegrid
+
+        uid, gids = -1, set()
+        if service_user is not None:
+            try:
+                import grp
+                import pwd
+
+                pw = pwd.getpwnam(service_user)
+                uid = pw.pw_uid
+                gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall()
+                                      if service_user in g.gr_mem}
+            except KeyError:
+                pass
+        package = Path(officegrid.__file__).parent
+        problems = unreachable([Path(command[0]), package], uid, gids)
+        account = service_user or (SERVICE_USER if os_kind == "linux" else MAC_USER)
+        for problem in problems:
+            warnings.append(f"the service account {account} cannot reach {problem}: the "
+                            "service would fail to start; install officegrid where every "
+                            "account can read it (e.g. a venv in /opt/officegrid)")
+    return warnings
+
+
 def plan_install(os_kind: str, server: str, *, enroll: str | None = None,
                  policy: str = "desktop", command: list[str] | None = None,
                  work_dir: PurePath | None = None, user_exists: bool = True) -> Plan:
     """Describe the install for `os_kind` ("linux", "macos", "windows").
 
-    Raises ValueError for an unknown OS or policy preset.
+    Raises ValueError for an unknown OS or policy preset, or a server URL the agent would
+    refuse.
     """
     from officegrid.worker.policy import PRESETS
 
+    check_server_url(server)
     if policy not in PRESETS:
         raise ValueError(f"unknown policy {policy!r} (known: {', '.join(PRESETS)})")
     cmd = command or default_command({"windows": "win32", "macos": "darwin"}.get(os_kind,
