@@ -129,3 +129,23 @@ def test_apply_upsert_and_delete_stream_many_rows(mgrid, cli) -> None:
     cli.ok("data", "pull", "bulkin", "--to", str(replica))
     conn = sqlite3.connect(replica)
     assert conn.execute("SELECT * FROM people ORDER BY 1").fetchall() == rows(mgrid, "bulkin")
+
+
+def test_apply_repeated_composite_key_ends_as_its_last_line(mgrid, cli) -> None:
+    """Review finding: records with varying keys were applied grouped by their columns, so a
+    composite key given three times ended as its second line said. File order now wins."""
+    make(cli, "pairin")
+    cli.ok("data", "sql", "pairin", "CREATE TABLE pair (a, b, v, w, PRIMARY KEY (a, b))")
+    (cli.cwd / "pair.jsonl").write_text(
+        '{"a": 1, "b": 1, "v": "first", "w": "x"}\n{"a": 1, "b": 1, "v": "second"}\n'
+        '{"a": 1, "b": 1, "v": "third", "w": "z"}\n{"a": 1, "b": 2, "v": "other"}\n')
+    cli.ok("data", "apply", "pairin", "--table", "pair", "--upsert", "pair.jsonl")
+    assert rows(mgrid, "pairin", "pair") == [(1, 1, "third", "z"), (1, 2, "other", None)]
+    replica = cli.cwd / "pair.sqlite"  # the replicas get the same rows
+    cli.ok("data", "pull", "pairin", "--to", str(replica))
+    conn = sqlite3.connect(replica)
+    try:
+        assert conn.execute("SELECT * FROM pair ORDER BY 1, 2").fetchall() == rows(
+            mgrid, "pairin", "pair")
+    finally:
+        conn.close()

@@ -384,3 +384,31 @@ def test_slow_unit_gets_a_second_copy_near_the_end(tmp_path):
         assert g.admin.unit(a.unit)["worker"] == idle.name
     finally:
         g.close()
+
+
+def test_an_agent_that_said_it_is_stopping_gets_no_lease(grid) -> None:
+    """The agent announces "stopping" before it lets go of its long polls: a unit leased then
+    would reach nobody and be lost until its lease expired."""
+    make_release(grid.admin)
+    make_job(grid.admin, units=1)
+    w = SimWorker(grid)
+    w.c.heartbeat(p.Heartbeat(attempts=[], state="stopping", reason="agent stopping"))
+    res = w.c.lease(p.LeaseRequest(resources=p.WorkerResources(), max_units=1))
+    assert res.leases == [] and res.reason.startswith("stopping")
+    w.c.heartbeat(p.Heartbeat(attempts=[], state="offline", reason="agent stopped"))
+    row = next(x for x in grid.admin.workers() if x["name"] == w.name)
+    assert (row["state"], row["reason"]) == ("offline", "agent stopped")
+    # A new session (the agent started again) takes work at once.
+    w.c.open_session(p.SessionRequest(hostname="host-sim", platform="test", version="t",
+                                      resources=p.WorkerResources()))
+    assert len(w.lease()) == 1
+
+
+def test_a_stopped_agent_shows_offline_at_once(grid) -> None:
+    w = grid.worker("stopper")
+    wait_for(lambda: any(x["name"] == "stopper" and x["state"] == "idle"
+                         for x in grid.admin.workers()), 60, what="the agent to be idle")
+    w.stop()
+    assert w.proc.wait(60) == 0
+    row = next(x for x in grid.admin.workers() if x["name"] == "stopper")
+    assert (row["state"], row["reason"]) == ("offline", "agent stopped")

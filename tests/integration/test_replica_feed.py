@@ -90,3 +90,42 @@ def test_positions_travel_with_log_requests(fgrid, cli, tmp_path) -> None:
             rep.close()
     r = replicas(cli, "carried")["carrier"]
     assert (r["pos"], r["lag"]) == (head, 0)
+
+
+def test_log_request_answers_while_the_store_refuses_positions(fgrid, cli) -> None:
+    """Review finding: a store error while writing the positions a log request carries failed
+    the request (500). The batch is answered, and the position is kept for a later write."""
+    import sqlite3
+
+    create(cli, "storefail", 20)
+    store = sqlite3.connect(fgrid.server.data_dir / "officegrid.db", isolation_level=None)
+    refuse = "BEGIN SELECT RAISE(ABORT, 'store refuses'); END"
+    store.execute(f"CREATE TRIGGER h9_refuse_i BEFORE INSERT ON data_replicas {refuse}")
+    store.execute(f"CREATE TRIGGER h9_refuse_u BEFORE UPDATE ON data_replicas {refuse}")
+    log_file = fgrid.server.log
+
+    def warned() -> bool:
+        return "replica positions not recorded" in log_file.read_text(errors="replace")
+
+    with Client(fgrid.server.url, fgrid.server.admin_token) as c:
+        st = c.data_status("storefail")
+        try:
+            # Each request is answered (an ApiError 500 here fails the test) until the server
+            # has tried, and failed, to write the position (it writes at most every second).
+            def answered_and_failed() -> bool:
+                batch = c.data_log("storefail", st["epoch"], st["pos"], replica="kept")
+                assert batch["head"] == st["pos"] and batch["entries"] == []
+                return warned()
+
+            wait_for(answered_and_failed, 30, what="a failed write of positions")
+            assert store.execute("SELECT count(*) FROM data_replicas WHERE replica='kept'"
+                                 ).fetchone()[0] == 0
+        finally:
+            store.execute("DROP TRIGGER h9_refuse_i")
+            store.execute("DROP TRIGGER h9_refuse_u")
+            store.close()
+        # Requests of another replica write the kept position along with theirs.
+        wait_for(lambda: c.data_log("storefail", st["epoch"], st["pos"], replica="nudge")
+                 is not None and "kept" in replicas(cli, "storefail"), 30,
+                 what="the kept position to be written")
+    assert replicas(cli, "storefail")["kept"]["pos"] == st["pos"]

@@ -343,6 +343,10 @@ def test_retention_by_size_and_age_keeps_newest_and_chains_from_the_cut(tmp_path
     ("CREATE TRIGGER tr AFTER INSERT ON people BEGIN SELECT 1; END", "CREATE TRIGGER"),
     ("DROP TRIGGER _og_i_people", "DROP TRIGGER"),
     ("DELETE FROM _og_log", "change log"),
+    # CREATE/DROP INDEX name the index first and the table second (review finding).
+    ("CREATE INDEX ix ON _og_log (tbl)", "change log"),
+    ("UPDATE sqlite_sequence SET seq = 0", "internal table sqlite_sequence"),
+    ("DELETE FROM sqlite_sequence", "internal table sqlite_sequence"),
     ("UPDATE people SET name='x' WHERE id=1; DELETE FROM people", "several statements"),
     ("/* hidden */ PRAGMA journal_mode=DELETE", "PRAGMA"),
 ])
@@ -377,6 +381,8 @@ def test_data_sql_refuses_anything_but_one_write(tmp_path: Path, sql: str, why: 
     "ALTER TABLE people DROP COLUMN score",
     "ALTER TABLE people RENAME TO persons",
     "DROP TABLE people",
+    "DROP TABLE counted",  # an AUTOINCREMENT table: SQLite deletes its sqlite_sequence row
+    "DROP INDEX people_name",
     "UPDATE people SET name = 'y' WHERE id = 5; -- a trailing comment",
 ])
 def test_data_sql_runs_each_kind_of_write(tmp_path: Path, sql: str) -> None:
@@ -384,6 +390,11 @@ def test_data_sql_runs_each_kind_of_write(tmp_path: Path, sql: str) -> None:
     m = master.connect(svc.path)
     if sql.startswith("DROP TABLE"):  # the source keeps a table
         master.execute_sql(m, "CREATE TABLE keep (k PRIMARY KEY)")
+    if sql == "DROP TABLE counted":
+        master.execute_sql(m, "CREATE TABLE counted (k INTEGER PRIMARY KEY AUTOINCREMENT, v)")
+        master.execute_sql(m, "INSERT INTO counted (v) VALUES ('a')")
+    if sql == "DROP INDEX people_name":
+        master.execute_sql(m, "CREATE INDEX people_name ON people (name)")
     schema_before = m.execute("SELECT group_concat(sql) FROM sqlite_master").fetchone()[0]
     data_before = dump(m)
     master.execute_sql(m, sql)
@@ -419,3 +430,98 @@ def test_stage_errors_name_the_line_across_quoted_newlines_and_blank_lines(tmp_p
     located = staging.line_error(str(err.value), jl, fmt="jsonl")
     assert located is not None and str(located).endswith("p.jsonl:3: NOT NULL constraint "
                                                          "failed: pair.v")
+
+
+def _pair_stage(tmp_path: Path, lines: list[str], name: str = "p") -> Path:
+    from officegrid.sync.replication import staging
+
+    jl = tmp_path / f"{name}.jsonl"
+    jl.write_text("".join(line + "\n" for line in lines))
+    stage = tmp_path / f"{name}.stage"
+    staging.build_stage(stage, jl, kind="upsert", table="pair", cols=["a", "b", "v", "w"],
+                        pk=["a", "b"])
+    return stage
+
+
+def test_apply_repeated_composite_key_ends_as_its_last_record(tmp_path: Path) -> None:
+    """Review finding: records were applied grouped by their column set, so a composite key
+    given three times with varying columns ended as the second record said, not the third."""
+    from officegrid.sync.replication import staging
+
+    svc = make_source(tmp_path, 10)
+    m = master.connect(svc.path)
+    m.execute("CREATE TABLE pair (a, b, v, w, PRIMARY KEY (a, b))")
+    lines = ['{"a": 1, "b": 1, "v": "first", "w": "x"}', '{"a": 1, "b": 1, "v": "second"}',
+             '{"a": 1, "b": 1, "v": "third", "w": "z"}', '{"a": 2, "b": 1, "v": "only"}']
+    assert staging.apply_stage(m, _pair_stage(tmp_path, lines)) == 4
+    assert m.execute("SELECT * FROM pair ORDER BY a").fetchall() == [
+        (1, 1, "third", "z"), (2, 1, "only", None)]
+    # The JSON body of the API (master.upsert_rows) applies in order as well.
+    m.execute("DELETE FROM pair")
+    import json
+    master.upsert_rows(m, "pair", [json.loads(line) for line in lines])
+    assert m.execute("SELECT * FROM pair ORDER BY a").fetchall() == [
+        (1, 1, "third", "z"), (2, 1, "only", None)]
+
+
+def test_apply_stage_on_a_busy_master_says_busy_and_blames_no_record(tmp_path: Path) -> None:
+    """Review finding: a master locked past the busy timeout raised UnboundLocalError (HTTP
+    500); it is MasterBusy (503 with Retry-After), and nothing is applied."""
+    from officegrid.sync.replication import staging
+
+    svc = make_source(tmp_path, 10)
+    m = master.connect(svc.path)
+    m.execute("CREATE TABLE pair (a, b, v, w, PRIMARY KEY (a, b))")
+    stage = _pair_stage(tmp_path, ['{"a": 1, "b": 1, "v": "x"}'])
+    other = master.connect(svc.path)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the master
+    try:
+        m.execute("PRAGMA busy_timeout=50")
+        with pytest.raises(master.MasterBusy, match="the master is busy") as err:
+            staging.apply_stage(m, stage)
+        assert not str(err.value).startswith("record")
+        assert staging.line_error(str(err.value), tmp_path / "p.jsonl", fmt="jsonl") is None
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert not m.in_transaction
+    assert m.execute("SELECT count(*) FROM pair").fetchone()[0] == 0
+    assert staging.apply_stage(m, stage) == 1  # the stage is still good once the lock is gone
+
+
+def test_apply_stage_on_a_full_disk_blames_no_record(tmp_path: Path) -> None:
+    """Review finding: any failure was replayed row by row and reported as ``record N: database
+    or disk is full``, so the CLI blamed a line of the file. Only constraint errors name one."""
+    from officegrid.sync.replication import staging
+
+    svc = make_source(tmp_path, 10)
+    m = master.connect(svc.path)
+    m.execute("CREATE TABLE pair (a, b, v, w, PRIMARY KEY (a, b))")
+    stage = _pair_stage(tmp_path, [f'{{"a": {i}, "b": 1, "v": "{"x" * 500}"}}'
+                                   for i in range(2000)])
+    pages = m.execute("PRAGMA page_count").fetchone()[0]
+    m.execute(f"PRAGMA max_page_count={pages + 5}")  # the disk fills during the apply
+    with pytest.raises(DataSourceError) as err:
+        staging.apply_stage(m, stage)
+    msg = str(err.value)
+    assert msg == "the change was not applied: database or disk is full", msg
+    assert staging.line_error(msg, tmp_path / "p.jsonl", fmt="jsonl") is None
+    assert not m.in_transaction
+    assert m.execute("SELECT count(*) FROM pair").fetchone()[0] == 0
+
+
+def test_busy_master_is_answered_503_with_retry_after() -> None:
+    """The data routes answer MasterBusy with 503 and Retry-After (the client retries then);
+    other data source errors stay 422."""
+    from fastapi import HTTPException
+
+    from officegrid import protocol as p
+    from officegrid.server.routers import data
+
+    with pytest.raises(HTTPException) as err, data._http_errors():
+        raise master.MasterBusy("the master is busy")
+    assert err.value.status_code == 503 and err.value.detail["code"] == p.E_BUSY
+    assert err.value.headers == {p.RETRY_AFTER: str(master.MasterBusy.retry_after)}
+    with pytest.raises(HTTPException) as err, data._http_errors():
+        raise DataSourceError("the change was not applied: database or disk is full")
+    assert err.value.status_code == 422

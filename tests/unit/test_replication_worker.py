@@ -150,3 +150,77 @@ def test_closed_transfer_window_fetches_nothing_until_it_opens(tmp_path: Path) -
         assert len(remote.calls) > len(before)
     finally:
         reps.close()
+
+
+def test_drop_does_not_block_the_set_while_a_step_runs(tmp_path: Path) -> None:
+    """A drop waits for its follower's step (a bootstrap or repair may take minutes) without
+    holding the set's lock: other sources are ensured meanwhile; the same source waits for the
+    drop to finish and then starts afresh."""
+    import threading
+
+    svc = make_source(tmp_path, 50)
+    reps = ReplicaSet(tmp_path / "replicas", lambda n: LocalRemote(svc), interval=3600)
+    head = svc.status()["pos"]
+    reps.catch_up("people", head, timeout=30)
+    f = reps._followers["people"]
+    f.lock.acquire()  # a step in progress
+    try:
+        freed: list[int] = []
+        dropper = threading.Thread(target=lambda: freed.append(reps.drop("people")))
+        dropper.start()
+        wait_for(lambda: "people" not in reps._followers, 30, what="the drop to start")
+        other = threading.Thread(target=reps.ensure, args=(["other"],))
+        other.start()
+        other.join(30)
+        assert not other.is_alive(), "ensure of another source blocked behind the drop"
+        assert "other" in reps._followers
+        again = threading.Thread(target=reps.ensure, args=(["people"],))
+        again.start()
+        again.join(0.3)  # must still wait: the drop has not deleted the file yet
+        assert again.is_alive() and reps.path("people").exists()
+        assert reps.drop("people") == 0  # a second drop of the same source does nothing
+    finally:
+        f.lock.release()
+    dropper.join(30)
+    again.join(30)
+    try:
+        assert not dropper.is_alive() and not again.is_alive()
+        assert freed and freed[0] > 0
+        assert reps._followers["people"] is not f  # started afresh after the deletion
+        epoch, pos = reps.catch_up("people", head, timeout=30)
+        assert pos >= head
+    finally:
+        reps.close()
+
+
+def test_catch_up_does_not_take_a_replica_of_a_withdrawn_history(tmp_path: Path) -> None:
+    """A master restored from a backup starts a new epoch at the same position numbers: a
+    replica of the old history at the required number must not be used as it is."""
+    import shutil
+
+    svc = make_source(tmp_path, 50)
+    backup = tmp_path / "backup.sqlite"
+    m = master.connect(svc.path)
+    m.execute(f"VACUUM INTO '{backup}'")
+    m.execute("UPDATE people SET name='withdrawn' WHERE CAST(id AS INTEGER) <= 5")
+    head = svc.poll(force=True)["head"]
+    reps = ReplicaSet(tmp_path / "replicas", lambda n: LocalRemote(svc), interval=3600)
+    try:
+        old = reps.catch_up("people", head.pos, epoch=head.epoch)
+        assert old == [head.epoch, head.pos]
+        m.close()
+        for suffix in ("-wal", "-shm"):
+            Path(str(svc.path) + suffix).unlink(missing_ok=True)
+        shutil.copy(backup, svc.path)  # the backup has no 'withdrawn' rows
+        new = svc.poll(force=True)["head"]
+        assert new.epoch != head.epoch and new.pos >= head.pos
+        # The job asked for [old epoch, pos]: the replica has exactly that, but the master
+        # withdrew it; catch_up asks the master and repairs to the current history.
+        epoch, pos = reps.catch_up("people", head.pos, epoch=head.epoch)
+        assert epoch == new.epoch and pos >= head.pos
+        conn = sqlite3.connect(reps.path("people"))
+        assert conn.execute("SELECT count(*) FROM people WHERE name='withdrawn'"
+                            ).fetchone()[0] == 0
+        conn.close()
+    finally:
+        reps.close()

@@ -22,6 +22,7 @@ replicas, and replica positions carried by the log requests.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
@@ -33,6 +34,8 @@ from officegrid.server.store import replicas as replicas_q
 from officegrid.sync.replication import codec
 from officegrid.sync.replication.service import MasterService
 
+log = logging.getLogger("officegrid.server.replica_feed")
+
 MAX_WAIT = 30.0  # longest long poll, seconds
 # A waiting replica looks for news this often (or every poll interval, if longer). Each look
 # that finds some ends its request, and every request costs about a millisecond of CPU on
@@ -40,6 +43,7 @@ MAX_WAIT = 30.0  # longest long poll, seconds
 # per replica per second, at up to half a second of added lag.
 RECHECK = 0.5
 REPORT_EVERY = 1.0  # seconds between writes of reported positions
+WARN_EVERY = 60.0  # seconds between warnings that positions could not be written
 CACHE_BYTES = 32 << 20  # cached compressed answers, total
 
 
@@ -58,6 +62,8 @@ class ReplicaFeed:
         self._written: dict[tuple[str, str], tuple[str, int]] = {}
         self._last_write = 0.0
         self._writing: asyncio.Lock | None = None
+        self._last_warning = -WARN_EVERY
+        self.write_failures = 0  # writes of positions that failed (kept pending), in total
         self.hits = 0
         self.misses = 0
 
@@ -69,9 +75,18 @@ class ReplicaFeed:
         if self._written.get(k) != (epoch, pos):
             self._pending[k] = (epoch, pos)
 
-    async def write_positions(self, ctx: ServerContext, force: bool = False) -> None:
+    async def write_positions(self, ctx: ServerContext, force: bool = False,
+                              quiet: bool = False) -> None:
         """Write the noted positions in one transaction (at most every :data:`REPORT_EVERY`
-        seconds unless ``force``)."""
+        seconds unless ``force``). On failure they stay pending for the next write.
+
+        ``quiet``: a failure (e.g. the store busy) is logged at WARNING (at most every
+        :data:`WARN_EVERY` seconds) instead of raised: a log request that carries a position
+        must not fail because the position could not be recorded right now.
+
+        Raises:
+            Exception: the store's error, unless ``quiet``.
+        """
         if self._writing is None:
             self._writing = asyncio.Lock()
         if not self._pending or (not force and time.monotonic() - self._last_write < REPORT_EVERY):
@@ -86,10 +101,19 @@ class ReplicaFeed:
             try:
                 await ctx.tx(replicas_q.report_many,
                              [(s, r, e, p) for (s, r), (e, p) in rows.items()], ctx.now())
-            except BaseException:
+            except BaseException as exc:
                 for k, v in rows.items():  # keep them for the next write
                     self._pending.setdefault(k, v)
-                raise
+                if not quiet or not isinstance(exc, Exception):
+                    raise
+                self.write_failures += 1
+                now = time.monotonic()
+                if now - self._last_warning >= WARN_EVERY:
+                    self._last_warning = now
+                    log.warning("replica positions not recorded (%d kept for the next try; "
+                                "%d failed writes so far): %s", len(self._pending),
+                                self.write_failures, exc)
+                return
             self._written.update(rows)
 
     # ------------------------------------------------------------------ batches

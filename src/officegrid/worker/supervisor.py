@@ -57,6 +57,7 @@ log = logging.getLogger("officegrid.worker")
 
 INLINE_MAX = 1 << 20  # compressed bytes of a result sent inside the completion request
 SECRET_ENV = ("OFFICEGRID_TOKEN", "OFFICEGRID_ENROLL", "OFFICEGRID_TOKEN_FILE")
+REPLICA_RETRY = 60.0  # seconds before a replica that could not be taken (disk, refusal) is retried
 
 
 class RunningUnit:
@@ -98,6 +99,7 @@ class Agent:
         self.broken_releases: dict[str, str] = {}  # release id -> why this worker refuses it
         self.envs: Preparer | None = None  # builds release environments before leasing
         self.replicas: Any = None  # data source replicas (sync/replication/fleet.py), on first use
+        self.replica_refused: dict[str, tuple[float, str]] = {}  # name -> (retry at, why)
         self.cgroups: Any = None  # cgroup v2 base for unit trees (worker/cgroup.py), or None
         from officegrid.signing import load_public
 
@@ -242,6 +244,10 @@ class Agent:
             for t in slots:
                 t.join(timeout=0.2)
             if self.stopping.is_set():
+                if stop_seen is None:
+                    # Told first, the server leases nothing more to this agent; a lease it
+                    # gave just before reaches a slot still alive, which gives it back.
+                    self._announce("stopping", "agent stopping")
                 # Slots blocked in a long poll hold no unit: do not wait out the poll.
                 stop_seen = stop_seen or time.monotonic()
                 with self.lock:
@@ -250,6 +256,7 @@ class Agent:
                     break
         self.stopping.set()
         self.heartbeat_now.set()
+        self._announce("offline", "agent stopped")  # the operator sees it at once
         if self.owner is not None:
             self.owner.close()
         if self.cgroups is not None:
@@ -300,6 +307,18 @@ class Agent:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+
+    def _announce(self, state: str, reason: str) -> None:
+        """One heartbeat saying ``state`` (``stopping``: lease nothing more; ``offline``), with
+        the attempts still running so their leases stay renewed. Best effort, ~2 s at most."""
+        with self.lock:
+            attempts = list(self.running)
+        try:
+            with Client(self.ident.server, self.ident.token, ca=self.settings.ca,
+                        instance=self.instance, max_retry_time=2.0) as c:
+                c.heartbeat(p.Heartbeat(attempts=attempts, state=state, reason=reason))
+        except Exception as exc:  # noqa: BLE001 - shutting down: never fail on this
+            log.debug("could not tell the server %s: %s", state, exc)
 
     def stop(self, reason: str = "agent stopping") -> None:
         """Vacate every running unit and stop (safe from signal handlers and other threads)."""
@@ -547,9 +566,14 @@ class Agent:
                 unit_cg = self.cgroups.unit(lease.attempt, s.max_memory)
             except (OSError, ValueError) as exc:
                 log.warning("unit %s runs without a cgroup: %s", lease.unit, exc)
-        proc = processes.spawn_runner(python or s.python or sys.executable, spec_path,
-                                      attempt_dir, attempt_dir / "stderr.log", env, marker,
-                                      unit_cg, max_memory=s.max_memory)
+        try:
+            proc = processes.spawn_runner(python or s.python or sys.executable, spec_path,
+                                          attempt_dir, attempt_dir / "stderr.log", env, marker,
+                                          unit_cg, max_memory=s.max_memory)
+        except BaseException:
+            if unit_cg is not None:  # nothing runs in it: do not leave it to the next start
+                unit_cg.remove()
+            raise
         ru.proc = proc
         final: dict | None = None
         import_error: str | None = None
@@ -627,11 +651,18 @@ class Agent:
         other workers. None when all are followed."""
         from officegrid.sync.replication.errors import DataSourceError
 
+        now = time.monotonic()
+        failed = [n for n in names if self.replica_refused.get(n, (0.0, ""))[0] > now]
+        if failed:  # asked again within the back-off: no new request, no new warning
+            return self.replica_refused[failed[0]][1]
         try:
             self._replica_set().ensure(names)
         except (DataSourceError, ApiError) as exc:
-            log.warning("cannot replicate %s: %s", ", ".join(names), exc)
-            return f"cannot replicate {', '.join(names)}: {exc}"
+            why = f"cannot replicate {', '.join(names)}: {exc}"
+            log.warning("%s (trying again in %.0f s)", why, REPLICA_RETRY)
+            for n in names:
+                self.replica_refused[n] = (now + REPLICA_RETRY, why)
+            return why
         return None
 
     def _replica_paths(self, lease: p.Lease) -> dict[str, str]:
@@ -642,8 +673,8 @@ class Agent:
         if not lease.data:
             return {}
         replicas = self._replica_set()
-        for name, (_epoch, pos) in lease.data.items():
-            replicas.catch_up(name, int(pos))
+        for name, (epoch, pos) in lease.data.items():
+            replicas.catch_up(name, int(pos), epoch=epoch)
         return {name: str(replicas.path(name)) for name in lease.data}
 
     @staticmethod

@@ -57,13 +57,16 @@ def _bad(message: str) -> HTTPException:
 
 @contextlib.contextmanager
 def _http_errors() -> Iterator[None]:
-    """Map replication errors to HTTP answers (409 resync, 404, 422)."""
+    """Map replication errors to HTTP answers (409 resync, 404, 503 busy master, 422)."""
     try:
         yield
     except NeedsRepair as exc:
         raise HTTPException(409, detail={"code": p.E_RESYNC, "message": str(exc)}) from None
     except FileNotFoundError as exc:
         raise HTTPException(404, detail={"code": p.E_NOT_FOUND, "message": str(exc)}) from None
+    except master.MasterBusy as exc:  # nothing was applied: the client retries after a while
+        raise HTTPException(503, detail={"code": p.E_BUSY, "message": str(exc)},
+                            headers={p.RETRY_AFTER: str(exc.retry_after)}) from None
     except DataSourceError as exc:
         raise _bad(str(exc)) from None
 
@@ -277,7 +280,9 @@ async def log_batch(name: str, request: Request, epoch: str, after: int,
     feed = feed_of(ctx)
     if replica:
         feed.note(name, replica[:200], epoch, after)
-        await feed.write_positions(ctx)
+        # A store that cannot take the positions now must not fail the batch: they stay
+        # pending for a later request (logged at WARNING now and then).
+        await feed.write_positions(ctx, quiet=True)
     with _http_errors():
         body = await feed.log(ctx, svc, epoch, after, min(max, 10_000), wait)
     return Response(content=body, media_type=p.ZSTD_JSON)

@@ -78,6 +78,9 @@ async def lease(body: p.LeaseRequest, request: Request, response: Response,
             workers_q.touch(conn, w["id"], now, resources=resources)
             if row["draining"]:
                 return [], "draining: finishing current work, taking no more"
+            if row["state"] in ("stopping", "offline"):
+                # The agent said it is shutting down: a lease now would reach nobody.
+                return [], "stopping: the agent is shutting down"
             if row["sidelined_until"] and row["sidelined_until"] > now:
                 return [], ("sidelined: failed many units of different jobs in a row; "
                             f"no work for {row['sidelined_until'] - now:.0f}s")

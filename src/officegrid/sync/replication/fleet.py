@@ -107,6 +107,8 @@ class ReplicaSet:
         self._followers: dict[str, _Follower] = {}
         self._lock = threading.Lock()
         self._used: dict[str, float] = {}  # name -> UNIX time a unit or a job last asked for it
+        # name -> set when its drop has closed and deleted the replica (ensure() waits for it).
+        self._dropping: dict[str, threading.Event] = {}
 
     def path(self, name: str) -> Path:
         return self.root / f"{check_name(name)}.sqlite"
@@ -119,6 +121,13 @@ class ReplicaSet:
         """
         for name in names:
             with self._lock:
+                while name in self._dropping:  # its file is being deleted: start afresh after
+                    dropping = self._dropping[name]
+                    self._lock.release()
+                    try:
+                        dropping.wait()
+                    finally:
+                        self._lock.acquire()
                 self._used[name] = time.time()
                 if name in self._followers:
                     continue
@@ -142,22 +151,38 @@ class ReplicaSet:
         last step; never waits for a step in progress)."""
         return {name: f.at for name, f in list(self._followers.items()) if f.at is not None}
 
-    def catch_up(self, name: str, min_pos: int, timeout: float = 300.0) -> list[Any]:
-        """Step ``name``'s replica until its position is at least ``min_pos`` (a job's
-        requirement at submit time). Returns ``[epoch, pos]``.
+    def catch_up(self, name: str, min_pos: int, timeout: float = 300.0,
+                 epoch: str | None = None) -> list[Any]:
+        """Step ``name``'s replica until it is in the master's current epoch at a position of
+        at least ``min_pos`` (a job's requirement at submit time). Returns ``[epoch, pos]``.
+
+        The replica asks the master at least once (one log request, answered at once): a
+        position number alone does not prove the replica's history is still the master's (a
+        master restored from a backup starts a new epoch at the same numbers), while an answer
+        in the replica's epoch does. If the server cannot be reached, a replica already in
+        ``epoch`` (the job's) at ``min_pos`` is used as it is.
 
         Raises:
             TimeoutError: not there within ``timeout`` seconds.
+            ApiError / Unreachable: the server could not confirm, and the replica is not
+                already in ``epoch`` at ``min_pos``.
         """
         f = self._follower(name)
         deadline = time.monotonic() + timeout
+        confirmed = False  # a step in this call proved the replica's epoch is the master's
         while True:
             with f.lock:
                 pos = f.replica.position()
-                if pos is not None and pos.pos >= min_pos:
+                if confirmed and pos is not None and pos.pos >= min_pos:
                     return [pos.epoch, pos.pos]
-                what = f.replica.step()
+                try:
+                    what = f.replica.step()
+                except Exception:
+                    if pos is not None and pos.epoch == epoch and pos.pos >= min_pos:
+                        return [pos.epoch, pos.pos]
+                    raise
                 f.at = f._position()
+                confirmed = what != "raced"
             if time.monotonic() > deadline:
                 raise TimeoutError(f"replica {name!r} did not reach position {min_pos} in "
                                    f"{timeout:.0f}s ({f.error or 'no error'})")
@@ -190,23 +215,31 @@ class ReplicaSet:
 
     def drop(self, name: str, busy: Callable[[str], bool] | None = None) -> int:
         """Stop following ``name`` and delete its replica (the file, its ``-wal``/``-shm`` and
-        any partial snapshot download) to free disk. Returns the bytes freed (0: kept).
+        any partial snapshot download) to free disk. Returns the bytes freed (0: kept, or
+        another drop of ``name`` is in progress).
 
         ``busy(name)`` is asked while this set's lock is held, and the replica is kept if it
         says True: a caller that registers a unit as reading ``name`` *before* it asks for the
         replica's path (:meth:`catch_up`) can never have the file deleted under it, because
-        :meth:`catch_up` waits for the lock and then starts the replica afresh.
+        :meth:`ensure` (which :meth:`catch_up` calls) waits for a drop in progress and then
+        starts the replica afresh. The set's lock is held only for that check and the removal
+        from the set: stopping the thread and waiting for a step in progress (a bootstrap or a
+        repair may take minutes) happen outside it, so other sources' ensure/catch_up/positions
+        go on meanwhile.
         """
         with self._lock:
-            if busy is not None and busy(name):
+            if name in self._dropping or (busy is not None and busy(name)):
                 return 0
             f = self._followers.pop(name, None)
+            self._used.pop(name, None)
+            done = self._dropping[name] = threading.Event()
+        freed = 0
+        try:
             if f is not None:
                 f.stop.set()
                 f.thread.join(30)
                 with f.lock:  # waits for a step in progress (the thread may have timed out)
                     f.replica.close()
-            freed = 0
             for path in _files_of(self.path(name)):
                 size = _blocks(path)
                 try:
@@ -214,7 +247,10 @@ class ReplicaSet:
                 except FileNotFoundError:
                     continue
                 freed += size
-            self._used.pop(name, None)
+        finally:
+            with self._lock:
+                del self._dropping[name]
+            done.set()
         if freed:
             log.info("replica %s dropped (%d bytes freed)", name, freed)
         return freed

@@ -22,7 +22,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +66,50 @@ def write_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (disk full, I/O error): a ROLLBACK then fails
+        # with "no transaction is active" and would hide the real error.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+class MasterBusy(DataSourceError):
+    """The master stayed locked by another writer past the busy timeout; nothing was changed
+    and the same change may be sent again after ``retry_after`` seconds."""
+
+    retry_after = 10
+
+
+_BUSY_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED")
+
+
+def db_error(exc: sqlite3.Error) -> DataSourceError:
+    """A SQLite error that is not about one row (busy past the timeout, disk full, I/O) as the
+    error to report: :class:`MasterBusy` for a lock, else a :class:`DataSourceError` saying
+    that nothing was applied (never ``record N: ...``: no row is to blame)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith(_BUSY_CODES) or "database is locked" in str(exc):
+        return MasterBusy(f"the master is busy (another change held it for more than "
+                          f"{BUSY_TIMEOUT_MS // 1000} s); nothing was applied: try again")
+    return DataSourceError(f"the change was not applied: {exc}")
+
+
+def upsert_sql(table: str, pk: Sequence[str], cols: Sequence[str], rows: str,
+               schema: str | None = None) -> str:
+    """``INSERT INTO table (cols) <rows> ON CONFLICT (pk) DO UPDATE`` of the non-key ``cols``
+    (``DO NOTHING`` when ``cols`` are all key columns): an upsert that changes only the
+    columns given. ``rows``: ``VALUES (?, ...)``, or a ``SELECT`` (which must have a WHERE
+    clause: ``INSERT ... SELECT ... ON CONFLICT`` is ambiguous to SQLite's parser without
+    one). ``schema``: the database the table is in (e.g. ``main`` when another is attached).
+    """
+    upd = [c for c in cols if c not in pk]
+    tail = (f"DO UPDATE SET {', '.join(f'{qi(c)}=excluded.{qi(c)}' for c in upd)}"
+            if upd else "DO NOTHING")
+    target = f"{schema}.{qi(table)}" if schema else qi(table)
+    return (f"INSERT INTO {target} ({', '.join(qi(c) for c in cols)}) {rows} "
+            f"ON CONFLICT ({', '.join(qi(k) for k in pk)}) {tail}")
 
 
 # ------------------------------------------------------------------------------ values
@@ -256,7 +297,9 @@ def upsert_rows(conn: sqlite3.Connection, table: str | None,
         table, td = table_info(conn, table)
         known = [c[0] for c in td["cols"]]
         pk = td["pk"]
-        groups: dict[tuple[str, ...], list[list[Any]]] = {}
+        # Runs of consecutive rows giving the same columns, applied in order: grouping all
+        # rows by columns would let an earlier row of one group overwrite a later one.
+        runs: list[tuple[tuple[str, ...], list[list[Any]]]] = []
         for i, r in enumerate(rows, 1):
             bad = [c for c in r if c not in known]
             if bad:
@@ -265,15 +308,12 @@ def upsert_rows(conn: sqlite3.Connection, table: str | None,
             if any(r.get(k) in (None, "") for k in pk):
                 raise DataSourceError(f"row {i}: no value for key {', '.join(pk)}")
             cols = tuple(r)
-            groups.setdefault(cols, []).append([sql_value(r[c]) for c in cols])
-        for cols, values in groups.items():
-            upd = [c for c in cols if c not in pk]
-            tail = (f"DO UPDATE SET {', '.join(f'{qi(c)}=excluded.{qi(c)}' for c in upd)}"
-                    if upd else "DO NOTHING")
-            conn.executemany(
-                f"INSERT INTO {qi(table)} ({', '.join(qi(c) for c in cols)}) VALUES "
-                f"({', '.join('?' for _ in cols)}) ON CONFLICT ({', '.join(qi(k) for k in pk)}) "
-                f"{tail}", values)
+            if not runs or runs[-1][0] != cols:
+                runs.append((cols, []))
+            runs[-1][1].append([sql_value(r[c]) for c in cols])
+        for cols, values in runs:
+            conn.executemany(upsert_sql(table, pk, cols,
+                                        f"VALUES ({', '.join('?' for _ in cols)})"), values)
     return len(rows)
 
 

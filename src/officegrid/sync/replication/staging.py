@@ -157,9 +157,14 @@ def apply_stage(conn: sqlite3.Connection, stage: str | os.PathLike[str],
     """Apply a stage file to the master ``conn`` in one transaction; nothing is applied if any
     row fails. Returns the rows upserted, or deleted.
 
+    Records are applied in file order, so a key given twice ends as its last record says.
+
     Raises:
-        DataSourceError: a bad stage, an unknown table or column, or a row the master refuses,
-            as ``record N: problem`` (N the record's position in the input file).
+        DataSourceError: a bad stage, an unknown table or column, or a row the master refuses
+            (a constraint), as ``record N: problem`` (N the record's position in the input
+            file); any other SQLite failure (disk full, I/O) as "the change was not applied:
+            ..." without a record number.
+        master.MasterBusy: the master stayed locked past its busy timeout (nothing applied).
     """
     conn.execute("ATTACH DATABASE ? AS stage", (f"file:{os.fspath(stage)}?mode=ro",))
     try:
@@ -169,14 +174,19 @@ def apply_stage(conn: sqlite3.Connection, stage: str | os.PathLike[str],
         except (sqlite3.Error, KeyError, ValueError) as exc:
             raise DataSourceError(f"not a data apply stage file: {exc}") from None
         table = table or meta.get("table")
+        td: dict[str, Any] | None = None
         try:
             with master.write_tx(conn):
                 table, td = master.table_info(conn, table)
                 return _apply(conn, kind, table, td, stage_cols)
-        except sqlite3.Error:
-            pass  # find the row the master refused, to name it
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
+        except sqlite3.IntegrityError:
+            pass  # a row the master refuses (NOT NULL, CHECK, UNIQUE...): find it, to name it
+        except sqlite3.Error as exc:
+            # Busy past the timeout, disk full, I/O: no row is to blame, and a replay row by
+            # row would only fail the same way and blame one.
+            raise master.db_error(exc) from None
+        if td is None:  # pragma: no cover - constraint errors come from the apply, after it
+            raise DataSourceError("the change was not applied: the table could not be read")
         raise _first_bad_row(conn, kind, table, td, stage_cols)
     finally:
         with contextlib.suppress(sqlite3.Error):
@@ -185,14 +195,9 @@ def apply_stage(conn: sqlite3.Connection, stage: str | os.PathLike[str],
 
 def _upsert_sql(table: str, pk: list[str], cols: list[str], stage_cols: list[str],
                 where: str) -> str:
-    upd = [c for c in cols if c not in pk]
-    tail = (f"DO UPDATE SET {', '.join(f'{qi(c)}=excluded.{qi(c)}' for c in upd)}"
-            if upd else "DO NOTHING")
     src = ", ".join(f"c{stage_cols.index(c)}" for c in cols)
-    # WHERE is required: "INSERT ... SELECT ... ON CONFLICT" is ambiguous to SQLite's parser.
-    return (f"INSERT INTO main.{qi(table)} ({', '.join(qi(c) for c in cols)}) "
-            f"SELECT {src} FROM stage.s WHERE {where} ORDER BY _n "
-            f"ON CONFLICT ({', '.join(qi(k) for k in pk)}) {tail}")
+    return master.upsert_sql(table, pk, cols, f"SELECT {src} FROM stage.s WHERE {where} "
+                             "ORDER BY _n", schema="main")
 
 
 def _delete_sql(table: str, pk: list[str], stage_cols: list[str], where: str) -> str:
@@ -229,19 +234,29 @@ def _apply(conn: sqlite3.Connection, kind: str, table: str, td: dict[str, Any],
     if kind == "delete":
         return conn.execute(_delete_sql(table, pk, stage_cols, "1")).rowcount
     n = 0
-    groups = conn.execute("SELECT _cols, min(_n) AS first FROM stage.s GROUP BY _cols "
-                          "ORDER BY first").fetchall()
-    for cols_json, _first in groups:
+    # Runs of consecutive records giving the same columns, in file order (one statement per
+    # run; most files are one run). Grouping all records by columns would apply an earlier
+    # record after a later one of the same key (a composite key repeated with other columns).
+    # _n minus its rank among the records with the same columns is constant along a run.
+    runs = conn.execute(
+        "SELECT _cols, min(_n) AS lo, max(_n) FROM (SELECT _n, _cols, _n - row_number() OVER "
+        "(PARTITION BY _cols ORDER BY _n) AS run FROM stage.s) GROUP BY _cols, run "
+        "ORDER BY lo").fetchall()
+    for cols_json, lo, hi in runs:
         cols = json.loads(cols_json)
-        n += conn.execute(_upsert_sql(table, pk, cols, stage_cols, "_cols = ?"),
-                          (cols_json,)).rowcount
+        n += conn.execute(_upsert_sql(table, pk, cols, stage_cols, "_n BETWEEN ? AND ?"),
+                          (lo, hi)).rowcount
     return n
 
 
 def _first_bad_row(conn: sqlite3.Connection, kind: str, table: str, td: dict[str, Any],
                    stage_cols: list[str]) -> DataSourceError:
-    """Replay the stage row by row (rolled back) to name the first row the master refuses."""
-    conn.execute("BEGIN IMMEDIATE")
+    """Replay the stage row by row (rolled back) to name the first row the master refuses
+    (a constraint error); any other SQLite error is returned as :func:`master.db_error`."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        return master.db_error(exc)
     try:
         for n, cols_json in conn.execute("SELECT _n, _cols FROM stage.s ORDER BY _n").fetchall():
             try:
@@ -250,11 +265,15 @@ def _first_bad_row(conn: sqlite3.Connection, kind: str, table: str, td: dict[str
                 else:
                     conn.execute(_upsert_sql(table, td["pk"], json.loads(cols_json), stage_cols,
                                              "_n = ?"), (n,))
-            except sqlite3.Error as exc:
+            except sqlite3.IntegrityError as exc:
                 return DataSourceError(f"record {n}: {exc}")
         return DataSourceError("the change failed, but no single row fails alone")
+    except sqlite3.Error as exc:
+        return master.db_error(exc)
     finally:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
 
 
 def line_error(message: str, path: str | os.PathLike[str], *, fmt: str,

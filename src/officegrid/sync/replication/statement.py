@@ -8,8 +8,9 @@ an ``ATTACH`` from a keyword check. Allowed: ``INSERT``/``REPLACE``/``UPSERT``, 
 and ``DROP TABLE``/``INDEX`` -- what the change log and epochs replicate. Refused: ``ATTACH``,
 ``DETACH``, ``PRAGMA``, transaction control (``BEGIN``/``COMMIT``/``SAVEPOINT``...), ``VACUUM``,
 ``ANALYZE``, ``REINDEX``, a statement that only reads (``SELECT``), views, triggers, virtual and
-temporary objects (never replicated), direct writes to the change log, several statements, and
-an empty statement.
+temporary objects (never replicated), direct writes to the change log (an index on it too) or
+to SQLite's internal tables (``sqlite_sequence``, ``sqlite_stat1``), several statements, and an
+empty statement.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ _REFUSED = {
     sqlite3.SQLITE_CREATE_TEMP_VIEW: "a TEMP view (gone when the statement ends)",
 }
 _LOG_TABLES = ("_og_log", "_og_meta")
+_SCHEMA_TABLES = ("sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema")
+_TABLE_IN_ARG2 = {sqlite3.SQLITE_ALTER_TABLE, sqlite3.SQLITE_CREATE_INDEX,
+                  sqlite3.SQLITE_DROP_INDEX}
 
 
 class _Judge:
@@ -57,6 +61,7 @@ class _Judge:
         self.writes = False
         self.ddl = False  # a CREATE/ALTER/DROP of a user table or index was seen
         self.actions = 0
+        self.internal: str | None = None  # refused: a write to a sqlite_* table (see __call__)
 
     def __call__(self, action: int, arg1: Any, arg2: Any, db: Any, source: Any) -> int:
         self.actions += 1
@@ -70,11 +75,21 @@ class _Judge:
         elif action in (sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_REINDEX) and self.ddl:
             why = None  # DROP/ALTER TABLE drop its triggers; CREATE INDEX fills the index
         elif action in _WRITES:
-            name = arg2 if action == sqlite3.SQLITE_ALTER_TABLE else arg1
+            # The table written: ALTER TABLE gives (database, table) and CREATE/DROP INDEX
+            # (index, table); the others give the table first.
+            name = arg2 if action in _TABLE_IN_ARG2 else arg1
             name = name.lower() if isinstance(name, str) else ""
             if name.startswith("sqlite_"):
-                return sqlite3.SQLITE_OK  # SQLite's own bookkeeping of a DDL statement
-            if name in _LOG_TABLES:
+                if name in _SCHEMA_TABLES or self.ddl:
+                    # SQLite's own bookkeeping of a DDL statement (a user write to the schema
+                    # table fails in SQLite itself; DROP TABLE deletes from sqlite_sequence).
+                    return sqlite3.SQLITE_OK
+                # Kept apart: ANALYZE writes sqlite_stat1 before SQLite asks about ANALYZE,
+                # and that name is the better reason.
+                self.internal = self.internal or (f"a write to SQLite's internal table {name} "
+                                                  "(not replicated; SQLite maintains it)")
+                return sqlite3.SQLITE_DENY
+            elif name in _LOG_TABLES:
                 why = f"a write to the change log ({name}); officegrid keeps it"
             elif db == "temp":
                 why = "a write to the TEMP database (gone when the statement ends)"
@@ -110,16 +125,16 @@ def judged(conn: sqlite3.Connection) -> Iterator[None]:
             raise refusal("several statements (run them one at a time)") from None
         raise
     except sqlite3.DatabaseError as exc:
-        if judge.refused is not None:
-            raise refusal(judge.refused) from None
+        if (judge.refused or judge.internal) is not None:
+            raise refusal(judge.refused or judge.internal or "") from None
         if judge.actions == 0 and "VACUUM" in str(exc):
             # Inside a transaction VACUUM fails before the authorizer is asked anything.
             raise refusal("VACUUM") from None
         raise
     finally:
         conn.set_authorizer(None)
-    if judge.refused is not None:  # pragma: no cover - a DENY always fails the statement
-        raise refusal(judge.refused)
+    if (judge.refused or judge.internal) is not None:  # pragma: no cover - a DENY fails it
+        raise refusal(judge.refused or judge.internal or "")
     if judge.actions == 0:
         raise refusal("an empty statement")
     if not judge.writes:
