@@ -27,8 +27,9 @@ class KeyValueFormatter(logging.Formatter):
 
 
 #: Loggers whose INFO lines are rare events worth keeping even at the default level: the owner
-#: policy's suspend / resume / vacate decisions answer "why did my unit stop?" afterwards.
-EVENT_LOGGERS = ("officegrid.worker.owner",)
+#: policy's suspend / resume / vacate decisions answer "why did my unit stop?" afterwards, and
+#: "replicating data source ..." why units wait.
+EVENT_LOGGERS = ("officegrid.worker.owner", "officegrid.worker.data")
 
 
 def setup(level: str | int | None = None, stream=None) -> None:

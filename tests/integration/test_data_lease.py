@@ -82,15 +82,18 @@ def test_a_real_worker_replicates_before_it_leases(grid, tmp_path) -> None:
     publish(admin, write_job_module(tmp_path / "code", "lookup", LOOKUP))
     job = admin.submit("lookup:process", write_csv(tmp_path / "in.csv", 6), key="id",
                        unit_size=2, data=["ref"])
-    grid.worker("replicator")
+    w = grid.worker("replicator")
     wait_for(lambda: admin.job(job["id"])["state"] == "done", timeout=120)
     out = tmp_path / "out.jsonl"
     admin.export_results(job["id"], out)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 6
-    assert all(r["_data"]["ref"] >= head["pos"] for r in rows), rows
+    assert all(r["_data"]["ref"][0] == head["epoch"] for r in rows), rows  # [epoch, position]
+    assert all(r["_data"]["ref"][1] >= head["pos"] for r in rows), rows
     assert {r["k"]: r["v"] for r in rows} == {1: "new1", 2: "new2", 3: "new3", 4: "new4",
                                               5: "v5", 6: "v6"}
+    # Said once in the agent's log at the default level: why its units waited.
+    assert f"replicating data source ref to position {head['pos']}" in w.output()
     st = admin.data_status("ref")
     assert any(r["replica"].startswith("replicator") and r["pos"] >= head["pos"]
                for r in st["replicas"]), st["replicas"]

@@ -92,10 +92,12 @@ def test_runner_context_reads_one_snapshot_per_unit(tmp_path: Path) -> None:
                   logging.getLogger("t"))
     conn = ctx.data("people")
     before = ctx.data_positions()["people"]
+    # [epoch, position]: the epoch is the replica's (and the master's) full epoch id.
+    assert before == [svc.status()["epoch"], rep.position().pos]
     m = master.connect(svc.path)
     m.execute("UPDATE people SET name='new'")
     rep.catch_up()
-    assert rep.position().pos == before + 20
+    assert rep.position().pos == before[1] + 20
     assert conn.execute("SELECT count(*) FROM people WHERE name='new'").fetchone()[0] == 0
     assert ctx.data("people") is conn and ctx.data_positions() == {"people": before}
     with pytest.raises(KeyError, match="submit with --data other"):
@@ -224,3 +226,33 @@ def test_catch_up_does_not_take_a_replica_of_a_withdrawn_history(tmp_path: Path)
         conn.close()
     finally:
         reps.close()
+
+
+def test_a_replica_written_by_job_code_is_detected_and_repaired(tmp_path: Path) -> None:
+    """Job code gets a read-only connection, but it can find the file and open its own: such a
+    write makes the replica differ from its master, so the next step repairs it."""
+    from officegrid.sync.replication.replica import Replica
+
+    svc = make_source(tmp_path, 200)
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    sneaky = sqlite3.connect(tmp_path / "r.sqlite")
+    sneaky.execute("UPDATE people SET name='SNEAK' WHERE CAST(id AS INTEGER) <= 3")
+    sneaky.execute("DELETE FROM people WHERE CAST(id AS INTEGER) = 50")
+    sneaky.commit()
+    sneaky.close()
+    assert rep.step() == "repair"
+    conn = sqlite3.connect(tmp_path / "r.sqlite")
+    m = sqlite3.connect(svc.path)
+    q = "SELECT * FROM people ORDER BY id"
+    assert conn.execute(q).fetchall() == m.execute(q).fetchall()
+    assert conn.execute("SELECT count(*) FROM people WHERE name='SNEAK'").fetchone()[0] == 0
+    conn.close()
+    m.close()
+    # Its own writes (applied batches) are not taken for someone else's.
+    mm = master.connect(svc.path)
+    mm.execute("UPDATE people SET name='changed' WHERE CAST(id AS INTEGER) <= 10")
+    mm.close()
+    assert rep.step() == "applied"
+    assert rep.step() == "idle"
+    rep.close()

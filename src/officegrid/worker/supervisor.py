@@ -54,6 +54,7 @@ from officegrid.worker.identity import (
 from officegrid.worker.owner import OwnerMonitor, load_policy
 
 log = logging.getLogger("officegrid.worker")
+data_log = logging.getLogger("officegrid.worker.data")  # logged by default (logs.EVENT_LOGGERS)
 
 INLINE_MAX = 1 << 20  # compressed bytes of a result sent inside the completion request
 SECRET_ENV = ("OFFICEGRID_TOKEN", "OFFICEGRID_ENROLL", "OFFICEGRID_TOKEN_FILE")
@@ -100,6 +101,7 @@ class Agent:
         self.envs: Preparer | None = None  # builds release environments before leasing
         self.replicas: Any = None  # data source replicas (sync/replication/fleet.py), on first use
         self.replica_refused: dict[str, tuple[float, str]] = {}  # name -> (retry at, why)
+        self.replicating: dict[str, int] = {}  # what the server last said to replicate
         self.cgroups: Any = None  # cgroup v2 base for unit trees (worker/cgroup.py), or None
         from officegrid.signing import load_public
 
@@ -400,8 +402,16 @@ class Agent:
                     self.envs.request(res.prepare)  # built in the background, then leased
                 # Replicas the server waits for are caught up in the background.
                 cannot = self._follow_data(list(res.replicate)) if res.replicate else None
+                if res.replicate and res.replicate != self.replicating:
+                    data_log.info("replicating data source %s (units that need it wait until then)",
+                             ", ".join(f"{n} to position {at}"
+                                       for n, at in sorted(res.replicate.items())))
+                self.replicating = dict(res.replicate)
                 if not res.leases:
-                    self.state_reason = cannot or res.reason
+                    reason = cannot or res.reason
+                    if reason != self.state_reason:
+                        self.heartbeat_now.set()  # the operator sees why at once
+                    self.state_reason = reason
                     self.draining = bool(res.reason and res.reason.startswith("draining"))
                     self.stopping.wait(self.backoff.jitter(res.retry_after or 1.0, 0.5))
                     continue

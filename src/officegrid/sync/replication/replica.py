@@ -111,6 +111,7 @@ class Replica:
         self.stats = Stats()
         self._conn: sqlite3.Connection | None = None
         self._reported: tuple[str, int] | None = None
+        self._data_version = 0  # PRAGMA data_version as this connection last saw it
 
     # -------------------------------------------------------------- plumbing
 
@@ -119,7 +120,19 @@ class Replica:
             self._conn = apply.connect(self.path)
             if self.max_page_count:
                 self._conn.execute(f"PRAGMA max_page_count={int(self.max_page_count)}")
+            self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
         return self._conn
+
+    def written_by_others(self) -> bool:
+        """True if another connection committed to the replica file since this one last
+        looked (SQLite's ``PRAGMA data_version``, which only other connections' commits move):
+        a replica is read-only for everyone else, so job code that opened the file and wrote to
+        it made it differ from the master; :meth:`step` then repairs it."""
+        if self._conn is None:
+            return False
+        seen = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        changed, self._data_version = seen != self._data_version, seen
+        return changed
 
     def close(self) -> None:
         if self._conn is not None:
@@ -233,6 +246,11 @@ class Replica:
                 self.bootstrap()
                 self._report()
                 return "bootstrap"
+            if self.written_by_others():
+                log.warning("replica %s was written by another program: repairing", self.path)
+                self.repair("the replica file was written by another program")
+                self._report()
+                return "repair"
         # The log request tells an HTTP server this replica's position (no separate report).
         in_log = bool(self.name) and getattr(self.remote, "reports_in_log", False)
         started = time.monotonic()
