@@ -27,7 +27,7 @@ Reference data, in this order:
 
 1. the data source ``zips`` when the job declares it (``submit --data zips``): ``ctx.data("zips")``
    is the unit's read-only replica, one consistent snapshot for the whole unit (the runner
-   records its position in each row's ``_data``). Table ``zips`` (or the source's only table),
+   records ``[epoch, position]`` in each row's ``_data``). Table ``zips`` (or its only table),
    columns as in ``zips.csv`` below, key ``zip``. Rows are read on first use of each ZIP and kept
    for the rest of the unit: a unit of 2,000 records looks up about 2,000 ZIPs, cheaper than
    reading all 42,789 rows (about 6x on the development machine), and the runner is one process

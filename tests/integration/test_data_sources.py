@@ -470,17 +470,19 @@ def test_units_read_a_replica_and_record_its_position(mgrid, cli) -> None:
         cli.ok("results", job, "--out", f"out-{job}.jsonl")
         return [json.loads(x) for x in (cli.cwd / f"out-{job}.jsonl").read_text().splitlines()]
 
-    head1 = json.loads(cli.ok("data", "status", "zipref", "--json").stdout)[0]["pos"]
+    st1 = json.loads(cli.ok("data", "status", "zipref", "--json").stdout)[0]
     rows = run_job()
     assert {r["zip"]: r["city"] for r in rows} == {"10115": "Berlin", "80331": "Munich",
                                                    "99999": None}
-    assert all(r["_data"] == {"zipref": head1} for r in rows), rows
+    # _data is {name: [epoch, position]}, the epoch the full id `data status` shows.
+    assert all(r["_data"] == {"zipref": [st1["epoch"], st1["pos"]]} for r in rows), rows
     # The master changes; the next job requires the new position and sees the change.
     cli.ok("data", "sql", "zipref", "UPDATE zipref SET city='Berlin-Mitte' WHERE zip='10115'")
-    head2 = json.loads(cli.ok("data", "status", "zipref", "--json").stdout)[0]["pos"]
+    st2 = json.loads(cli.ok("data", "status", "zipref", "--json").stdout)[0]
     rows = run_job()
     assert {r["zip"]: r["city"] for r in rows}["10115"] == "Berlin-Mitte"
-    assert all(r["_data"]["zipref"] >= head2 for r in rows)
+    assert all(r["_data"]["zipref"][0] == st2["epoch"] for r in rows), rows
+    assert all(r["_data"]["zipref"][1] >= st2["pos"] for r in rows), rows
     st = json.loads(cli.ok("data", "status", "zipref", "--json").stdout)[0]
     assert any(r["replica"].startswith("dataw") for r in st["replicas"]), st["replicas"]
     # An unknown data source refuses the job before anything is uploaded.

@@ -23,6 +23,9 @@ def test_demo_reads_the_data_source_and_summarizes_per_position(tmp_path, monkey
     assert data["source"] == "zips" and data["ok"] is True
     assert data["mixed_units"] == {} and data["rows_without_position"] == 0
     assert data["contradictions"] == 0 and data["late_stale"] == {}
+    # Rows record [epoch, position]; every one is in the master's epoch (from `data status`).
+    assert len(data["epoch"]) >= 32 and data["other_epoch_rows"] == 0
+    assert {p["epoch"] for p in data["positions"]} == {data["epoch"]}
     positions = {p["pos"]: p for p in data["positions"]}
     # Every row is at the master's position before the change or at the one after it.
     assert set(positions) <= {data["before"], data["after"]}

@@ -291,7 +291,8 @@ def test_replica_gives_the_same_results_as_the_csv(generated, enrich_nodata, zip
     ctx = unit_ctx(tmp_path, rep.path)
     for r, _, o in generated:
         assert enrich_nodata.process(dict(r), ctx) == o
-    assert ctx.data_positions() == {"zips": rep.position().pos}
+    # [epoch, position]: the epoch is the source's full epoch id (as `data status` shows it).
+    assert ctx.data_positions() == {"zips": [zips_source[0].status()["epoch"], rep.position().pos]}
 
 
 def test_job_without_the_source_reads_the_release_csv(enrich, tmp_path):
@@ -317,7 +318,8 @@ def test_a_unit_keeps_its_snapshot_and_the_next_unit_sees_the_change(enrich_noda
     before_s = enrich_nodata.process(dict(seattle), early)
     before_m = enrich_nodata.process(dict(manhattan), early)
     assert before_s["nearest_branch"] == "Seattle" and "inactive_zip" not in before_m["flags"]
-    pos0 = early.data_positions()["zips"]
+    epoch, pos0 = early.data_positions()["zips"]
+    assert epoch == svc.status()["epoch"]
 
     # Retire 10001; re-point 98101 to the city, county and coordinates of 94102 (San Francisco).
     other = ref["94102"]
@@ -338,12 +340,12 @@ def test_a_unit_keeps_its_snapshot_and_the_next_unit_sees_the_change(enrich_noda
     assert enrich_nodata.process(dict(seattle), early) == before_s
     assert enrich_nodata.process(dict(manhattan), early) == before_m
     assert "inactive_zip" not in enrich_nodata.process(rec("10001"), early)["flags"]
-    assert early.data_positions()["zips"] == pos0
+    assert early.data_positions()["zips"] == [epoch, pos0]
 
     late = unit_ctx(tmp_path, rep.path)
     after_s = enrich_nodata.process(dict(seattle), late)
     after_m = enrich_nodata.process(dict(manhattan), late)
-    assert late.data_positions()["zips"] == rep.position().pos
+    assert late.data_positions()["zips"] == [epoch, rep.position().pos]  # same epoch, newer
     assert after_m["flags"].split(";") == ["inactive_zip"]
     assert (after_s["city"], after_s["county"]) == ("San Francisco", "San Francisco County")
     assert after_s["nearest_branch"] == "San Francisco" and after_s["city_match"] is False

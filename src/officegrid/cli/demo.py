@@ -14,7 +14,8 @@ worker replicates once and then follows change by change, and a release without 
 run against stale reference data by mistake (``enrich.py`` says to submit with ``--data zips``).
 
 Exit status 1 when the job does not finish cleanly, a unit's rows name more than one data
-position, a row names none, or a row disagrees with the reference data of its position.
+position, a row names none (``_data`` is ``{"zips": [epoch, position]}``) or one in another epoch
+than the master's, or a row disagrees with the reference data of its position.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def run_demo(records: int = 200_000, workers: int = 2, keep: bool = False,
 
         promoted = False
         pos_before = pos_after = src["pos"]
+        epoch = src["epoch"]  # the master's epoch at the change (rows record [epoch, position])
         t_change = caught_up = None  # when the master changed; how long replicas took
         late_units: set[int] = set()  # units still queued once every replica had the change
         changed = False
@@ -193,7 +195,8 @@ def run_demo(records: int = 200_000, workers: int = 2, keep: bool = False,
                         f"(the release is {r2['total_bytes']:,} bytes)")
                 if promoted and not changed and len(change) and finished >= cnt["records"] \
                         * CHANGE_AT and info["state"] not in ("done", "failed", "cancelled"):
-                    pos_before = c.data_status(SOURCE)["pos"]
+                    st = c.data_status(SOURCE)
+                    epoch, pos_before = st["epoch"], st["pos"]
                     res = c.data_apply(SOURCE, SOURCE, upsert=change.upserts())
                     pos_after, t_change, changed = res["pos"], time.monotonic(), True
                     _print_change(prog.console.print, change, pos_before, pos_after,
@@ -230,7 +233,8 @@ def run_demo(records: int = 200_000, workers: int = 2, keep: bool = False,
         columns = [table.column(c).to_pylist() for c in COLUMNS]  # faster than rows of pyarrow
         report = summarize_positions((dict(zip(COLUMNS, v, strict=True))
                                       for v in zip(*columns, strict=True)), change,
-                                     before=pos_before, after=pos_after, source=SOURCE,
+                                     epoch=epoch, before=pos_before, after=pos_after,
+                                     source=SOURCE,
                                      late_units=late_units)
         del columns
         del table
@@ -304,18 +308,20 @@ def _position_rows(t: Table, report, change, changed: bool, caught_up: float | N
                      "after the job ended (or did not report)"))
     else:
         t.add_row(f"{SOURCE} change", "none: the job ended before it was due")
-    for pos in sorted(report.positions):
-        pr = report.positions[pos]
+    for at in report.ordered():  # (epoch, position); more than one epoch only on a problem
+        pr = report.positions[at]
         detail = (f"{pr.rows:,} rows, {len(pr.units)} units; inactive_zip {pr.inactive_zip:,}")
         if changed:
             detail += (f"; retired ZIPs {pr.retired_rows:,} rows, re-pointed {pr.repointed_rows:,}"
                        f" (nearest branch moved {pr.branch_moved:,})")
-        label = report.label(pos) if changed else "the only one"
-        t.add_row(f"rows at {SOURCE} position {pos} ({label})", detail)
+        label = report.label(at) if changed or at[0] != report.epoch else "the only one"
+        t.add_row(f"rows at {SOURCE} position {report.show(at)} ({label})", detail)
     if changed and caught_up is not None:
         t.add_row("units leased after every replica had the change",
                   f"{report.late_units}, of which at an older position: "
                   f"{len(report.late_stale)}")
+    if report.other_epoch_rows:
+        t.add_row(f"rows read in another {SOURCE} epoch", f"{report.other_epoch_rows:,}")
     t.add_row("units mixing data positions", f"{len(report.mixed_units)}"
               + (f" {sorted(report.mixed_units)[:10]}" if report.mixed_units else ""))
     t.add_row("rows disagreeing with their position",

@@ -1,12 +1,15 @@
 """Results per data position: what the demo checks and shows after its mid-job master change.
 
-Every result row of a job that declares data sources carries ``_data`` (``{"zips": position}``,
-as JSON text in exported files). :func:`summarize_positions` counts rows and units per position
-of one source and checks three things that must hold whatever the timing:
+Every result row of a job that declares data sources carries ``_data``
+(``{"zips": [epoch, position]}``, as JSON text in exported files). A position alone is ambiguous:
+a replaced source, a destructive ``data sql`` or a restored master start a new epoch at the same
+position numbers. :func:`summarize_positions` counts rows and units per (epoch, position) of one
+source and checks things that must hold whatever the timing:
 
 - **one position per unit**: a unit reads one snapshot, so all rows of a ``_unit`` name the same
   position;
-- **every row names its position**;
+- **every row names its position**, in the epoch the change was made in (the demo's source
+  keeps one epoch; a row of another epoch cannot be compared with the change's positions);
 - **rows agree with their position**: for the ZIPs the change touched, a row at a position before
   the change shows the old reference values and a row at or after the change's position the new
   ones (a retired ZIP is flagged ``inactive_zip``; a re-pointed ZIP has the new city, county and
@@ -27,7 +30,10 @@ from typing import Any
 
 from officegrid.demo.master_change import MasterChange
 
-__all__ = ["PositionReport", "PositionRow", "summarize_positions"]
+__all__ = ["DataAt", "PositionReport", "PositionRow", "summarize_positions"]
+
+#: ``(epoch, position)``: where a row's data came from (epoch the full id, as in ``data status``).
+DataAt = tuple[str, int]
 
 #: Result columns :func:`summarize_positions` reads.
 COLUMNS = ("_unit", "_data", "zip", "flags", "city", "county", "lat", "long", "nearest_branch")
@@ -36,8 +42,9 @@ MAX_EXAMPLES = 5
 
 @dataclass
 class PositionRow:
-    """Rows of one data position."""
+    """Rows of one data position (``epoch``, ``pos``)."""
 
+    epoch: str
     pos: int
     rows: int = 0
     units: set[int] = field(default_factory=set)
@@ -47,7 +54,7 @@ class PositionRow:
     branch_moved: int = 0  # re-pointed rows whose nearest branch differs from before the change
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pos": self.pos, "rows": self.rows, "units": len(self.units),
+        return {"epoch": self.epoch, "pos": self.pos, "rows": self.rows, "units": len(self.units),
                 "inactive_zip": self.inactive_zip, "retired_rows": self.retired_rows,
                 "repointed_rows": self.repointed_rows, "branch_moved": self.branch_moved}
 
@@ -57,11 +64,13 @@ class PositionReport:
     """The outcome of :func:`summarize_positions`."""
 
     source: str
+    epoch: str  # the master's epoch when it changed (``before`` and ``after`` are in it)
     before: int  # the master's position before the change
     after: int  # the master's position after the change
-    positions: dict[int, PositionRow] = field(default_factory=dict)
-    mixed_units: dict[int, list[int]] = field(default_factory=dict)  # unit -> its positions
+    positions: dict[DataAt, PositionRow] = field(default_factory=dict)
+    mixed_units: dict[int, list[DataAt]] = field(default_factory=dict)  # unit -> its positions
     rows_without_position: int = 0
+    other_epoch_rows: int = 0  # rows read in an epoch other than ``epoch``
     contradictions: int = 0  # rows whose values disagree with their position
     late_units: int = 0  # units queued once every replica had the change, seen in the rows
     late_stale: dict[int, int] = field(default_factory=dict)  # late unit -> older position read
@@ -69,12 +78,31 @@ class PositionReport:
 
     @property
     def ok(self) -> bool:
-        """No unit mixed positions, every row names one, and every row agrees with it."""
-        return not (self.mixed_units or self.rows_without_position or self.contradictions
-                    or self.late_stale)
+        """No unit mixed positions, every row names one in the change's epoch, and every row
+        agrees with it."""
+        return not (self.mixed_units or self.rows_without_position or self.other_epoch_rows
+                    or self.contradictions or self.late_stale)
 
-    def label(self, pos: int) -> str:
-        """``before the change`` / ``after the change`` / ``inside the change`` for a position."""
+    @property
+    def epochs(self) -> set[str]:
+        """The epochs the rows were read in (more than one only when something is wrong)."""
+        return {e for e, _ in self.positions}
+
+    def show(self, at: DataAt) -> str:
+        """``at`` for people: the position, with the first 8 characters of its epoch when the
+        rows name more than one epoch (else the epoch adds nothing)."""
+        epoch, pos = at
+        return f"{pos} (epoch {epoch[:8]})" if len(self.epochs | {self.epoch}) > 1 else str(pos)
+
+    def label(self, at: DataAt | int) -> str:
+        """``before the change`` / ``after the change`` / ``inside the change`` for a position
+        (``(epoch, pos)``, or a bare position taken as in the change's epoch); ``another epoch``
+        for a position in another epoch."""
+        if isinstance(at, tuple):
+            if at[0] != self.epoch:
+                return "another epoch"
+            at = at[1]
+        pos = at
         if pos >= self.after:
             return "after the change"
         if pos <= self.before:
@@ -82,18 +110,27 @@ class PositionReport:
         return "inside the change"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "before": self.before, "after": self.after,
-                "positions": [self.positions[p].as_dict() for p in sorted(self.positions)],
-                "mixed_units": {str(u): ps for u, ps in sorted(self.mixed_units.items())},
+        return {"source": self.source, "epoch": self.epoch, "before": self.before,
+                "after": self.after,
+                "positions": [self.positions[p].as_dict() for p in self.ordered()],
+                "mixed_units": {str(u): [list(at) for at in ps]
+                                for u, ps in sorted(self.mixed_units.items())},
                 "rows_without_position": self.rows_without_position,
+                "other_epoch_rows": self.other_epoch_rows,
                 "contradictions": self.contradictions, "late_units": self.late_units,
                 "late_stale": {str(u): p for u, p in sorted(self.late_stale.items())},
                 "examples": self.examples, "ok": self.ok}
 
 
-def _position(data: Any, source: str, parsed: dict[str, int | None]) -> int | None:
-    """The position of ``source`` in a row's ``_data`` (a dict or its JSON text), else None.
-    ``parsed`` caches JSON texts: a job has a handful of distinct ones."""
+    def ordered(self) -> list[DataAt]:
+        """The keys of :attr:`positions`: the change's epoch first, then by epoch, position."""
+        return sorted(self.positions, key=lambda at: (at[0] != self.epoch, at[0], at[1]))
+
+
+def _position(data: Any, source: str, parsed: dict[str, DataAt | None]) -> DataAt | None:
+    """``(epoch, position)`` of ``source`` in a row's ``_data`` (a dict or its JSON text, the
+    value ``[epoch, position]``), else None. ``parsed`` caches JSON texts: a job has a handful
+    of distinct ones."""
     if isinstance(data, str):
         if data in parsed:
             return parsed[data]
@@ -103,9 +140,12 @@ def _position(data: Any, source: str, parsed: dict[str, int | None]) -> int | No
             found = None
         parsed[data] = found
         return found
-    if not isinstance(data, dict) or not isinstance(data.get(source), int):
+    at = data.get(source) if isinstance(data, dict) else None
+    # A bare position (the old shape) does not say which data it was: not a position.
+    if not (isinstance(at, (list, tuple)) and len(at) == 2 and isinstance(at[0], str)
+            and isinstance(at[1], int) and not isinstance(at[1], bool)):
         return None
-    return data[source]
+    return at[0], at[1]
 
 
 def _float(value: Any) -> float | None:
@@ -121,15 +161,17 @@ def _shows(row: dict[str, Any], ref: dict[str, str]) -> bool:
             and _float(row.get("long")) == _float(ref["long"]))
 
 
-def summarize_positions(rows: Iterable[dict[str, Any]], change: MasterChange, *, before: int,
-                        after: int, source: str = "zips",
+def summarize_positions(rows: Iterable[dict[str, Any]], change: MasterChange, *, epoch: str,
+                        before: int, after: int, source: str = "zips",
                         late_units: Iterable[int] = ()) -> PositionReport:
-    """Count result rows per position of ``source`` and check them (see the module docstring).
+    """Count result rows per (epoch, position) of ``source`` and check them (see the module
+    docstring).
 
     Args:
         rows: result rows with at least the keys of :data:`COLUMNS` (``_data`` as a dict or
             its JSON text).
         change: the change made to the master between ``before`` and ``after``.
+        epoch: the master's epoch (full id) ``before`` and ``after`` are positions of.
         before: the master's position before the change.
         after: the master's position once the change was applied (> ``before``).
         source: the data source name in ``_data``.
@@ -145,30 +187,37 @@ def summarize_positions(rows: Iterable[dict[str, Any]], change: MasterChange, *,
     """
     if after <= before:
         raise ValueError(f"after ({after}) must be greater than before ({before})")
-    rep = PositionReport(source, before, after)
-    unit_positions: dict[int, set[int]] = {}
-    parsed: dict[str, int | None] = {}
+    rep = PositionReport(source, epoch, before, after)
+    unit_positions: dict[int, set[DataAt]] = {}
+    parsed: dict[str, DataAt | None] = {}
 
     def problem(text: str) -> None:
         if len(rep.examples) < MAX_EXAMPLES:
             rep.examples.append(text)
 
     for row in rows:
-        pos = _position(row.get("_data"), source, parsed)
+        at = _position(row.get("_data"), source, parsed)
         unit = row.get("_unit")
-        if pos is None:
+        if at is None:
             rep.rows_without_position += 1
-            problem(f"unit {unit}: a row without a {source} position ({row.get('_data')!r})")
+            problem(f"unit {unit}: a row without a {source} [epoch, position] "
+                    f"({row.get('_data')!r})")
             continue
-        unit_positions.setdefault(unit, set()).add(pos)
-        pr = rep.positions.get(pos)
+        unit_positions.setdefault(unit, set()).add(at)
+        pr = rep.positions.get(at)
         if pr is None:
-            pr = rep.positions[pos] = PositionRow(pos)
+            pr = rep.positions[at] = PositionRow(*at)
         pr.rows += 1
         pr.units.add(unit)
         flags = (row.get("flags") or "").split(";")
         if "inactive_zip" in flags:
             pr.inactive_zip += 1
+        if at[0] != epoch:  # its positions are not comparable with the change's
+            rep.other_epoch_rows += 1
+            problem(f"unit {unit}: a row read in epoch {at[0][:8]} (position {at[1]}), not in "
+                    f"the change's epoch {epoch[:8]}")
+            continue
+        pos = at[1]
         z = row.get("zip")
         if z not in change.retired and z not in change.repointed:
             continue
@@ -198,11 +247,12 @@ def summarize_positions(rows: Iterable[dict[str, Any]], change: MasterChange, *,
     for unit, ps in unit_positions.items():
         if len(ps) > 1:
             rep.mixed_units[unit] = sorted(ps)
-            problem(f"unit {unit} mixed positions {sorted(ps)}")
+            problem(f"unit {unit} mixed positions {[rep.show(at) for at in sorted(ps)]}")
     for unit in set(late_units) & unit_positions.keys():
         rep.late_units += 1
-        if min(unit_positions[unit]) < after:
-            rep.late_stale[unit] = min(unit_positions[unit])
+        seen = [pos for e, pos in unit_positions[unit] if e == epoch]
+        if seen and min(seen) < after:  # other epochs are counted in other_epoch_rows
+            rep.late_stale[unit] = min(seen)
             problem(f"unit {unit} was leased after every replica had position {after} but "
-                    f"read position {min(unit_positions[unit])}")
+                    f"read position {min(seen)}")
     return rep

@@ -20,7 +20,8 @@ SPEC.json (an object; relative paths are relative to the attempt directory)::
     progress_interval  float  seconds between progress messages (default 0.5; 0 = every record)
     extra              dict   passed to ``ctx.extra`` (default {})
     data               dict   data source name -> replica file (``ctx.data(name)``; default {});
-                              each result row then carries ``_data``: {name: position}
+                              each result row then carries ``_data``: {name: [epoch, position]}
+                              (epoch: the source's full epoch id, as in ``data status``)
 
 Output lines, JSON with ``ensure_ascii=False`` and compact separators::
 
@@ -347,7 +348,8 @@ class Context:
         self.log = log
         self.extra = dict(spec.get("extra") or {})
         self._data_paths = dict(spec.get("data") or {})
-        self._data: dict = {}  # data source name -> (read-only connection, position)
+        # data source name -> (read-only connection, [epoch, position])
+        self._data: dict = {}
 
     def data(self, name: str):
         """A read-only ``sqlite3`` connection to the replica of data source ``name``.
@@ -367,8 +369,12 @@ class Context:
         return self._data[name][0]
 
     def data_positions(self) -> dict:
-        """``{name: position}`` of the replicas this unit reads."""
-        return {name: pos for name, (_, pos) in self._data.items()}
+        """``{name: [epoch, position]}`` of the replicas this unit reads.
+
+        The epoch (str, full id) is needed because a position alone is ambiguous: a replaced
+        source, a destructive ``data sql`` or a restored master restart at the same numbers.
+        """
+        return {name: list(at) for name, (_, at) in self._data.items()}
 
     def __repr__(self) -> str:
         return (
@@ -378,8 +384,14 @@ class Context:
 
 
 def _open_replica(path: str):
-    """Open a replica read-only (``mode=ro``) in one read transaction; return (conn, position).
-    Same as ``officegrid.sync.replication.reader.open_snapshot`` (this module is stdlib only)."""
+    """Open a replica read-only (``mode=ro``) in one read transaction.
+
+    Returns ``(conn, [epoch, position])`` (epoch str, position int). Same as
+    ``officegrid.sync.replication.reader.open_snapshot`` (this module is stdlib only).
+
+    Raises:
+        sqlite3.OperationalError: the file is missing or not a replica (no epoch/position).
+    """
     import sqlite3
     from urllib.parse import quote
 
@@ -387,13 +399,16 @@ def _open_replica(path: str):
                            isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA query_only=ON")
     conn.execute("BEGIN")
-    # The first read fixes the snapshot; the position read in it is the one the data is at.
-    pos = conn.execute("SELECT v FROM _og_replica WHERE k='pos'").fetchone()
-    return conn, int(pos[0])
+    # The first read fixes the snapshot; the epoch and position read in it are the data's.
+    meta = dict(conn.execute("SELECT k, v FROM _og_replica WHERE k IN ('epoch', 'pos')"))
+    if "pos" not in meta or "epoch" not in meta:
+        conn.close()
+        raise sqlite3.OperationalError(f"{path}: not a replica (no epoch/position)")
+    return conn, [meta["epoch"], int(meta["pos"])]
 
 
 def _with_data(fn, positions: dict, batch: bool):
-    """Wrap ``fn`` so each result row carries ``_data`` (the data positions it read)."""
+    """Wrap ``fn`` so each result row carries ``_data`` (``{name: [epoch, position]}`` read)."""
 
     def tag(result):
         if isinstance(result, dict):
