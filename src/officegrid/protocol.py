@@ -713,6 +713,8 @@ class DataStatus(Model):
     epoch_reason: str | None = None
     tables: dict[str, int] = Field(default_factory=dict, description="rows per table")
     replicas: list[DataReplicaInfo] = Field(default_factory=list)
+    unreplicated: dict[str, str] = Field(
+        default_factory=dict, description="tables left out of replication: table -> why")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -525,3 +525,64 @@ def test_busy_master_is_answered_503_with_retry_after() -> None:
     with pytest.raises(HTTPException) as err, data._http_errors():
         raise DataSourceError("the change was not applied: database or disk is full")
     assert err.value.status_code == 422
+
+
+# ------------------------------------------------------------- new-user trial (issue 4, H11)
+
+
+def test_keyless_table_made_in_the_master_file_does_not_block_writes(tmp_path: Path) -> None:
+    """Trial finding: `CREATE TABLE loose(a,b)` straight in the master made every later
+    `data sql` fail with "table 'loose' has no primary key"; it is left out instead."""
+    svc = make_source(tmp_path, rows=10)
+    conn = master.connect(svc.path)
+    conn.execute("CREATE TABLE loose(a, b)")
+    assert master.unreplicated(conn) == ["loose"]
+    assert master.execute_sql(conn, "UPDATE people SET city='X' WHERE id IN ('1', '2', '3')") == 3
+    assert master.upsert_rows(conn, None, [{"id": "1", "city": "Y"}]) == 1  # still the default
+    # A statement that itself leaves a new keyless table is still refused.
+    with pytest.raises(DataSourceError, match="'other' has no primary key"):
+        master.execute_sql(conn, "CREATE TABLE other(a)")
+    conn.close()
+    out = svc.poll(force=True)
+    assert "loose" not in changelog.get_meta(master.connect(svc.path))["schema"]
+    assert out["head"].pos > 0
+
+
+@pytest.mark.parametrize(("sql", "n"), [
+    ("WITH x AS (SELECT '3' z) DELETE FROM people WHERE id IN (SELECT z FROM x)", 1),
+    ("WITH x AS (SELECT '4' z) UPDATE people SET city='Q' WHERE id IN (SELECT z FROM x)", 1),
+    ("DELETE FROM people WHERE id IN ('5', '6')", 2),
+    ("CREATE INDEX people_city ON people(city)", 0),
+])
+def test_data_sql_counts_rows_of_cte_writes(tmp_path: Path, sql: str, n: int) -> None:
+    """Trial finding: a DELETE behind a WITH was reported as "0 rows changed"."""
+    svc = make_source(tmp_path, rows=10)
+    conn = master.connect(svc.path)
+    try:
+        conn.execute("UPDATE people SET city='warm' WHERE id='1'")  # a stale changes() value
+        assert master.execute_sql(conn, sql) == n
+    finally:
+        conn.close()
+
+
+def test_source_name_differing_only_in_case_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "zips.sqlite").write_bytes(b"")
+    master.check_unique(tmp_path, "zips")  # itself (a --replace)
+    master.check_unique(tmp_path, "zips2")
+    with pytest.raises(DataSourceError, match="'ZIPS' differs from the existing 'zips' only in"):
+        master.check_unique(tmp_path, "ZIPS")
+
+
+def test_refresher_backs_off_and_finds_new_columns(tmp_path: Path) -> None:
+    from officegrid.cli.data import refresh_delay
+    from officegrid.sync.replication import importer
+
+    assert refresh_delay(3, 0) == 3
+    assert [refresh_delay(3, f) for f in (1, 2, 3)] == [6, 12, 24]
+    assert refresh_delay(3, 50) == 300
+    assert refresh_delay(900, 4) == 900  # never more often than --refresh
+    conn = sqlite3.connect(tmp_path / "r.sqlite")
+    conn.execute("CREATE TABLE crm (id INTEGER PRIMARY KEY, name TEXT)")
+    rows = [{"id": 1, "name": "a", "tier": None, "note": "x"}, {"id": 2, "tier": 3}]
+    assert importer.new_columns(conn, "crm", rows) == [("tier", "INTEGER"), ("note", "TEXT")]
+    assert importer.new_columns(conn, "crm", [{"id": 1, "name": "b"}]) == []

@@ -70,19 +70,56 @@ def create(
     master.check_name(name)
     if (from_file is None) == (from_sql is None):
         raise ValueError("give exactly one of --from FILE and --from-sql URL")
+    if replace and table is None:
+        with client(server, token, ca) as c:
+            table = _kept_table(c, name)
     if from_sql:
         _create_from_sql(name, from_sql, query, key, table, refresh, replace,
                          client(server, token, ca), as_json)
         return
+    bad: list[Any] = []
+
+    def skipped(row: Any) -> None:
+        bad.append(row)
+        say(f"skipped bad row {row}")
+
     with tempfile.TemporaryDirectory(prefix="og-data-") as tmp:
         db = Path(tmp) / f"{name}.sqlite"
         n = master.build_from_file(db, from_file, key=key, table=table, fmt=fmt,
                                    delimiter=delimiter, encoding=encoding,
-                                   max_bad_rows=max_bad_rows)
+                                   max_bad_rows=max_bad_rows, on_bad_row=skipped)
         with client(server, token, ca) as c:
             st = c.data_create(name, db, replace=replace)
-    emit(st, as_json, name, f"data source {name}: {n:,} rows, epoch {st['epoch'][:8]}, "
-                            f"position {st['pos']}")
+    emit(st, as_json, name, f"data source {name}: {_rows(n)}"
+                            + (f" ({_n(len(bad), 'bad row')} skipped)" if bad else "")
+                            + f", epoch {st['epoch'][:8]}, position {st['pos']}")
+
+
+def _n(n: int, what: str) -> str:
+    """``1 row``, ``2 rows``: a count with its noun, plural unless it is one."""
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+
+def _rows(n: int) -> str:
+    return _n(n, "row")
+
+
+def _kept_table(c: Any, name: str) -> str | None:
+    """``--replace`` without ``--table``: the existing source's table name when it has exactly
+    one (job code names it; a new file name must not rename it), else None (the default)."""
+    from officegrid.client import ApiError
+
+    try:
+        st = c.data_status(name)
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    tables = list(json.loads(st["schema"])["tables"])
+    if len(tables) != 1:
+        return None
+    say(f"--replace: keeping the table name {tables[0]!r} of {name} (give --table to change it)")
+    return tables[0]
 
 
 def _table_key(st: dict, table: str | None) -> tuple[str, list[str]]:
@@ -140,7 +177,7 @@ def apply_cmd(
                 raise
             raise err from None
     verb = "deleted" if delete is not None else "upserted"
-    emit(res, as_json, res["pos"], f"{name}: {res['rows']:,} rows {verb}, position {res['pos']}")
+    emit(res, as_json, res["pos"], f"{name}: {_rows(res['rows'])} {verb}, position {res['pos']}")
 
 
 @app.command("sql")
@@ -153,7 +190,7 @@ def sql_cmd(
     """Run one write statement on NAME's master; prints the new position."""
     with client(server, token, ca) as c:
         res = c.data_sql(name, statement)
-    emit(res, as_json, res["pos"], f"{name}: {res['rows']:,} rows changed, position {res['pos']}")
+    emit(res, as_json, res["pos"], f"{name}: {_rows(res['rows'])} changed, position {res['pos']}")
 
 
 @app.command("purge")
@@ -167,7 +204,8 @@ def purge_cmd(
     """Drop the change log up to a position (replicas behind it repair by range hashes)."""
     with client(server, token, ca) as c:
         res = c.data_purge(name, before)
-    emit(res, as_json, res["pos"], f"{name}: {res['rows']:,} log entries purged")
+    n = res["rows"]
+    emit(res, as_json, res["pos"], f"{name}: {n:,} log {'entry' if n == 1 else 'entries'} purged")
 
 
 @app.command("status")
@@ -186,10 +224,12 @@ def status_cmd(
         say("no data sources")
     for st in sources:
         r = st["retained"]
-        rows = ", ".join(f"{t} {n:,} rows" for t, n in st["tables"].items())
+        rows = ", ".join(f"{t} {_rows(n)}" for t, n in st["tables"].items())
         show(f"{st['name']}: epoch {st['epoch'][:8]} position {st['pos']} "
              f"(log {st['base_pos'] + 1}..{st['pos']}, {r['entries']:,} entries, "
              f"{r['bytes']:,} bytes kept); {rows}")
+        for t, why in st.get("unreplicated", {}).items():
+            show(f"  table {t}: not replicated: {why}")
         for rep in st["replicas"]:
             lag = f"lag {rep['lag']}" if rep["lag"] is not None else "other epoch: resyncing"
             show(f"  {rep['replica']}: position {rep['pos']} ({lag})")
@@ -231,6 +271,7 @@ def pull(
             try:
                 rep.catch_up()
                 _report(rep)
+                _say_repairs(rep)
                 rep.follow(stop, interval)
             except KeyboardInterrupt:
                 pass
@@ -245,6 +286,26 @@ def pull(
                          "stats": rep.stats.__dict__}))
     else:
         show(str(pos.pos))
+
+
+def _say_repairs(rep: Any) -> None:
+    """``pull --follow``: print one line per repair or epoch change as it happens (the follow
+    loop is otherwise silent). Wraps this replica's ``step``, which ``follow`` calls."""
+    step = rep.step
+    seen = {"repairs": rep.stats.repairs, "epoch": rep.position().epoch}
+
+    def watched(*args: Any, **kw: Any) -> Any:
+        out = step(*args, **kw)
+        s, pos = rep.stats, rep.position()
+        new = s.repairs - seen["repairs"]
+        for reason in s.repair_reasons[-new:] if new > 0 else []:
+            say(f"repaired: {reason}; now at position {pos.pos} (epoch {pos.epoch[:8]})")
+        if new <= 0 and pos.epoch != seen["epoch"]:  # a repair line already names the epoch
+            say(f"epoch changed: {seen['epoch'][:8]} -> {pos.epoch[:8]}, position {pos.pos}")
+        seen["repairs"], seen["epoch"] = s.repairs, pos.epoch
+        return out
+
+    rep.step = watched
 
 
 def _report(rep: Any) -> None:
@@ -281,26 +342,59 @@ def _create_from_sql(name: str, url: str, query: str | None, key: str, table: st
         n = importer.build_from_query(db, url, query, key, table)
         with c:
             st = c.data_create(name, db, replace=replace)
-            emit(st, as_json, name, f"data source {name}: {n:,} rows from the query, epoch "
+            emit(st, as_json, name, f"data source {name}: {_rows(n)} from the query, epoch "
                                     f"{st['epoch'][:8]}, position {st['pos']}")
             if refresh is None:
                 return
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             rep = Replica(Path(tmp) / "replica.sqlite", HttpRemote(c, name))
+            failures = 0
             try:
-                while not stop.wait(refresh):
-                    rep.catch_up()
-                    ups, dels = importer.diff(rep.conn(), table, key,
-                                              importer.query_rows(url, query))
-                    pos = rep.position()
-                    if ups:
-                        pos = c.data_apply(name, table, upsert=ups)
-                    if dels:
-                        pos = c.data_apply(name, table, delete=dels)
-                    say(f"refresh: {len(ups):,} rows upserted, {len(dels):,} deleted, "
-                        f"position {pos['pos'] if isinstance(pos, dict) else pos.pos}")
+                while not stop.wait(refresh_delay(refresh, failures)):
+                    try:
+                        _refresh_once(c, rep, name, url, query, table, key)
+                        failures = 0
+                    except Exception as exc:  # noqa: BLE001 - a long-running sync outlives
+                        # upstream trouble (a table renamed and back, a database restarting):
+                        # log it and try again later; only Ctrl-C / SIGTERM end it.
+                        failures += 1
+                        say(f"refresh failed ({failures} in a row): {exc}; retrying in "
+                            f"{refresh_delay(refresh, failures):.0f} s")
             except KeyboardInterrupt:
                 pass
             finally:
                 rep.close()
+
+
+REFRESH_MAX_BACKOFF = 300.0  # seconds: the longest wait between failed refreshes
+
+
+def refresh_delay(refresh: float, failures: int) -> float:
+    """Seconds to wait before the next refresh: ``refresh`` after a success, doubling per
+    failure in a row up to ``max(refresh, REFRESH_MAX_BACKOFF)``."""
+    if failures <= 0:
+        return refresh
+    return min(max(refresh, REFRESH_MAX_BACKOFF), refresh * 2 ** min(failures, 20))
+
+
+def _refresh_once(c: Any, rep: Any, name: str, url: str, query: str, table: str,
+                  key: str) -> None:
+    """One refresh: diff the query's rows against the local replica, add columns the query
+    now returns to the master (``ALTER TABLE ADD COLUMN`` through ``data sql``: an additive
+    change that travels through the log), then write the changed rows and deleted keys."""
+    from officegrid.sync.replication import importer
+    from officegrid.sync.replication.schema import qi
+
+    rep.catch_up()
+    ups, dels = importer.diff(rep.conn(), table, key, importer.query_rows(url, query))
+    for col, typ in importer.new_columns(rep.conn(), table, ups):
+        c.data_sql(name, f"ALTER TABLE {qi(table)} ADD COLUMN {qi(col)} {typ}".rstrip())
+        say(f"refresh: the query returns a new column {col!r}: added to table {table!r}")
+    pos = rep.position()
+    if ups:
+        pos = c.data_apply(name, table, upsert=ups)
+    if dels:
+        pos = c.data_apply(name, table, delete=dels)
+    say(f"refresh: {_rows(len(ups))} upserted, {len(dels):,} deleted, "
+        f"position {pos['pos'] if isinstance(pos, dict) else pos.pos}")

@@ -102,6 +102,15 @@ async def read_body(request: Request, model: type[BaseModel]) -> Any:
 
 async def _status(ctx: ServerContext, svc: MasterService) -> p.DataStatus:
     st = await _call(ctx, svc.status)
+
+    def loose() -> list[str]:
+        conn = master.connect(svc.path, readonly=True)
+        try:
+            return master.unreplicated(conn)
+        finally:
+            conn.close()
+
+    st["unreplicated"] = {t: "no primary key" for t in await _call(ctx, loose)}
     await feed_of(ctx).write_positions(ctx, force=True)  # positions noted by log requests
     reps = await ctx.read(replicas_q.list_for, svc.name)
     st["replicas"] = [p.DataReplicaInfo(
@@ -140,6 +149,10 @@ async def create_source(name: str, request: Request, replace: bool = False) -> p
     """
     ctx = ctx_of(request)
     svc = service(ctx, name, must_exist=False)
+    try:
+        master.check_unique(data_dir(ctx), name)
+    except DataSourceError as exc:
+        raise HTTPException(409, detail={"code": p.E_CONFLICT, "message": str(exc)}) from None
     if svc.exists() and not replace:
         raise HTTPException(409, detail={"code": p.E_CONFLICT, "message": f"data source {name!r} "
                                          "exists (use --replace to replace it)"})

@@ -152,7 +152,7 @@ def batch(conn: sqlite3.Connection, epoch: str, after: int, max_entries: int = 1
     if epoch != h.epoch:
         raise NeedsRepair(f"epoch changed ({epoch[:8]} -> {h.epoch[:8]}): resync")
     if after < h.base_pos:
-        raise NeedsRepair(f"position {after} was purged (log kept from {h.base_pos})")
+        raise NeedsRepair(f"position {after} was purged (the log holds {h.base_pos + 1}..{h.pos})")
     if after > h.pos:
         raise NeedsRepair(f"position {after} is ahead of the master's head {h.pos}")
     prev = hash_at(conn, after)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from officegrid.sync.replication.errors import DataSourceError
-from officegrid.sync.replication.master import build_from_records, sql_value
+from officegrid.sync.replication.master import _sql_type, build_from_records, sql_value
 from officegrid.sync.replication.schema import qi
 
 FETCH_ROWS = 5000
@@ -78,6 +78,20 @@ def diff(replica: sqlite3.Connection, table: str, key: str,
             upserts.append(new)
     deletes = [[k] for k in have if k not in seen]
     return upserts, deletes
+
+
+def new_columns(replica: sqlite3.Connection, table: str,
+                rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Columns the fresh ``rows`` have that ``table`` of the replica lacks, in order of first
+    appearance, each with its SQLite type (that of its first non-null value; ``""`` when all
+    are null): ``[(column, type)]``. The refresher adds them to the master before writing."""
+    have = {r[1] for r in replica.execute(f"PRAGMA table_info({qi(table)})")}
+    typed: dict[str, str] = {}
+    for row in rows:
+        for c, v in row.items():
+            if c not in have and (c not in typed or (typed[c] == "" and v is not None)):
+                typed[c] = "" if v is None else _sql_type(v)
+    return list(typed.items())
 
 
 def _norm(v: Any) -> Any:

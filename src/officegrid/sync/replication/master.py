@@ -22,7 +22,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,26 @@ def check_name(name: str) -> str:
         raise DataSourceError(f"data source name {name!r} must be 1-64 letters, digits, '_' "
                               "or '-', starting with a letter or digit")
     return name
+
+
+def check_unique(data_dir: str | os.PathLike[str], name: str) -> None:
+    """Refuse ``name`` when another source's name differs from it only in case: ``ZIPS.sqlite``
+    and ``zips.sqlite`` are one file on a case-insensitive disk (macOS, Windows).
+
+    Raises:
+        DataSourceError: naming the existing source.
+    """
+    for f in Path(data_dir).glob("*.sqlite"):
+        if f.stem != name and f.stem.lower() == name.lower():
+            raise DataSourceError(f"data source name {name!r} differs from the existing "
+                                  f"{f.stem!r} only in case: names are compared without case "
+                                  "(one file on a case-insensitive disk)")
+
+
+def unreplicated(conn: sqlite3.Connection) -> list[str]:
+    """Tables of a master left out of replication: those without a primary key (created
+    straight in the master file; see :func:`poll`)."""
+    return sorted(t for t, d in describe(conn)["tables"].items() if not d["pk"])
 
 
 def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.Connection:
@@ -206,10 +226,12 @@ def build_from_records(dest: str | os.PathLike[str], records: Iterable[dict[str,
 def build_from_file(dest: str | os.PathLike[str], path: str | os.PathLike[str], *, key: str,
                     table: str | None = None, fmt: str | None = None,
                     delimiter: str | None = None, encoding: str = "utf-8",
-                    max_bad_rows: int = 0) -> int:
+                    max_bad_rows: int = 0,
+                    on_bad_row: Callable[[Any], object] | None = None) -> int:
     """Read CSV/JSONL/Parquet ``path`` with the checks of ``submit`` into a new SQLite ``dest``.
 
-    ``table`` defaults to the file's stem. Returns the number of rows.
+    ``table`` defaults to the file's stem. ``on_bad_row`` is called with each skipped
+    :class:`records.BadRow` (``file:line: reason``). Returns the number of rows.
 
     Raises:
         records.InputError: bad input, naming ``file:line`` (missing/duplicate keys included).
@@ -219,7 +241,8 @@ def build_from_file(dest: str | os.PathLike[str], path: str | os.PathLike[str], 
 
     table = table or Path(path).stem
     rows = (rec for _, rec in iter_records(path, fmt=fmt, delimiter=delimiter, encoding=encoding,
-                                           key=key, max_bad_rows=max_bad_rows))
+                                           key=key, max_bad_rows=max_bad_rows,
+                                           on_bad_row=on_bad_row))
     return build_from_records(dest, rows, key, table)
 
 
@@ -274,6 +297,8 @@ def table_info(conn: sqlite3.Connection, table: str | None) -> tuple[str, dict[s
         DataSourceError: unknown table, or None with several tables.
     """
     desc = describe(conn)
+    # Tables without a key are not replicated (see poll): never a default, never written here.
+    desc["tables"] = {t: d for t, d in desc["tables"].items() if d["pk"]}
     if table is None:
         if len(desc["tables"]) != 1:
             raise DataSourceError(f"the source has tables {', '.join(sorted(desc['tables']))}: "
@@ -361,17 +386,27 @@ def execute_sql(conn: sqlite3.Connection, statement: str) -> int:
     drop = _DROP_COLUMN.match(statement)
     try:
         with write_tx(conn):
+            # Tables already without a key (made straight in the master file) are left out of
+            # replication by poll: they must not block writes to the other tables.
+            loose = set(unreplicated(conn))
             if drop:
                 table = _unquote(drop.group("t"))
                 for (name,) in conn.execute(
                         "SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name=? "
                         "AND name LIKE '\\_og\\_%' ESCAPE '\\'", (table,)).fetchall():
                     conn.execute(f"DROP TRIGGER {qi(name)}")
+            before = conn.total_changes
             with judged(conn):  # exactly one write statement, classified by SQLite itself
-                n = conn.execute(statement).rowcount
+                conn.execute(statement)
+            # Python 3.11's rowcount is -1 for a write that starts with WITH; changes() counts
+            # the statement's own rows (not the capture triggers' log rows). A statement that
+            # changed nothing (DDL) leaves total_changes alone and changes() stale: 0 then.
+            n = (conn.execute("SELECT changes()").fetchone()[0]
+                 if conn.total_changes != before else 0)
             desc = describe(conn)
-            require_keys(desc)
-            if drop and table in desc["tables"]:
+            require_keys({"tables": {t: d for t, d in desc["tables"].items()
+                                     if t not in loose}})
+            if drop and table in desc["tables"] and table not in loose:
                 capture.install(conn, table, desc["tables"][table])
     except sqlite3.Error as exc:
         raise DataSourceError(f"SQL failed: {exc}") from None
