@@ -412,3 +412,10 @@ def test_a_stopped_agent_shows_offline_at_once(grid) -> None:
     assert w.proc.wait(60) == 0
     row = next(x for x in grid.admin.workers() if x["name"] == "stopper")
     assert (row["state"], row["reason"]) == ("offline", "agent stopped")
+    # Started again on the same work dir at once: its last words rotated the session nonce,
+    # which it saved, so it is not taken for a copy of a live agent.
+    w.start()
+    wait_for(lambda: w.output().count("serving") == 2, 60, what="the restarted agent")
+    wait_for(lambda: next(x for x in grid.admin.workers() if x["name"] == "stopper")["state"]
+             == "idle", 60, what="the restarted agent to be idle")
+    assert w.proc.poll() is None

@@ -417,3 +417,28 @@ def test_the_example_config_is_valid_toml_when_uncommented() -> None:
     PolicySettings(**data["policy"])  # and every key is a real [policy] key
     assert set(data["policy"]) >= {"start_idle", "continue_idle", "max_suspend", "max_cpu",
                                    "window", "allow_battery"}
+
+
+def test_a_symlinked_interpreter_and_tmp_are_checked() -> None:
+    """issue 5 re-trial: a venv's python is a symlink into a 0700 home; a venv under /tmp is
+    hidden from a service with PrivateTmp=yes."""
+    base = Path(tempfile.mkdtemp(prefix="og-reach-"))
+    try:
+        home = base / "home"
+        real = home / "pyenv/bin/python3"
+        real.parent.mkdir(parents=True)
+        real.write_text("")
+        os.chmod(real, 0o755)
+        os.chmod(base, 0o755)
+        os.chmod(home, 0o700)
+        venv = base / "venv/bin"
+        venv.mkdir(parents=True)
+        (venv / "python").symlink_to(real)
+        warnings = service.preflight("linux", enroll="ogj_x",
+                                     command=[str(venv / "python"), "-m", "officegrid"],
+                                     work_dir=PurePosixPath("/var/lib/officegrid/worker"),
+                                     service_user=None, root=base)
+        assert any(f"cannot reach {home}" in w for w in warnings), warnings
+        assert any("PrivateTmp=yes" in w for w in warnings), warnings
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -440,8 +440,17 @@ def preflight(os_kind: str, *, enroll: str | None, command: list[str],
             except KeyError:
                 pass
         package = Path(officegrid.__file__).parent
-        problems = unreachable([Path(command[0]), package], uid, gids)
+        # A venv's python is a symlink: the interpreter it points to must be reachable too.
+        python = Path(command[0])
+        targets = [python, Path(os.path.realpath(python)), package]
+        problems = unreachable(list(dict.fromkeys(targets)), uid, gids)
         account = service_user or (SERVICE_USER if os_kind == "linux" else MAC_USER)
+        if os_kind == "linux":  # the unit has PrivateTmp=yes: /tmp is empty for the service
+            for t in dict.fromkeys(targets):
+                if Path(t).is_relative_to("/tmp") or Path(t).is_relative_to("/var/tmp"):
+                    warnings.append(f"{t} is in /tmp or /var/tmp, which the service (with "
+                                    "PrivateTmp=yes) does not see: install officegrid "
+                                    "elsewhere (e.g. a venv in /opt/officegrid)")
         for problem in problems:
             warnings.append(f"the service account {account} cannot reach {problem}: the "
                             "service would fail to start; install officegrid where every "

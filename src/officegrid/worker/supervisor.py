@@ -318,7 +318,9 @@ class Agent:
         try:
             with Client(self.ident.server, self.ident.token, ca=self.settings.ca,
                         instance=self.instance, max_retry_time=2.0) as c:
-                c.heartbeat(p.Heartbeat(attempts=attempts, state=state, reason=reason))
+                res = c.heartbeat(p.Heartbeat(attempts=attempts, state=state, reason=reason))
+            if res.nonce:  # every heartbeat rotates the session nonce: the next start needs it
+                save_nonce(self.work_dir, res.nonce)
         except Exception as exc:  # noqa: BLE001 - shutting down: never fail on this
             log.debug("could not tell the server %s: %s", state, exc)
 
