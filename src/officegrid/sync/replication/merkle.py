@@ -68,8 +68,13 @@ def _bound(pk: list[str], op: str) -> str:
 
 
 def _range_sql(conn: sqlite3.Connection, table: str, lo: list | None,
-               hi: list | None) -> tuple[str, list[Any], list[str], list[str]]:
+               hi: list | None, sort_columns: bool = False
+               ) -> tuple[str, list[Any], list[str], list[str]]:
+    """``SELECT key columns, other columns FROM table WHERE [lo, hi) ORDER BY key``, its
+    arguments, the key columns and the other columns (sorted by name with ``sort_columns``)."""
     pk, cols = table_keys(conn, table)
+    if sort_columns:
+        cols = sorted(cols)
     where, args = [], []
     if lo is not None:
         where.append(_bound(pk, ">="))
@@ -88,17 +93,7 @@ def hashed_rows(conn: sqlite3.Connection, table: str, lo: list | None = None,
     """A cursor over the rows of ``[lo, hi)`` in key order, each a tuple of the key values
     then every column's value in column-name order (so column order does not matter), and the
     number of key values."""
-    pk, cols = table_keys(conn, table)
-    where, args = [], []
-    if lo is not None:
-        where.append(_bound(pk, ">="))
-        args += [codec.from_json(v) for v in lo]
-    if hi is not None:
-        where.append(_bound(pk, "<"))
-        args += [codec.from_json(v) for v in hi]
-    sel = ", ".join(qi(c) for c in pk + sorted(cols))
-    sql = (f"SELECT {sel} FROM {qi(table)}" + (f" WHERE {' AND '.join(where)}" if where else "")
-           + f" ORDER BY {', '.join(qi(c) for c in pk)}")
+    sql, args, pk, _ = _range_sql(conn, table, lo, hi, sort_columns=True)
     return conn.execute(sql, args), len(pk)
 
 
