@@ -256,3 +256,83 @@ def test_a_replica_written_by_job_code_is_detected_and_repaired(tmp_path: Path) 
     assert rep.step() == "applied"
     assert rep.step() == "idle"
     rep.close()
+
+
+def _same_as_master(path: Path, svc) -> bool:
+    conn, m = sqlite3.connect(path), sqlite3.connect(svc.path)
+    q = "SELECT * FROM people ORDER BY id"
+    try:
+        return conn.execute(q).fetchall() == m.execute(q).fetchall()
+    finally:
+        conn.close()
+        m.close()
+
+
+@pytest.mark.parametrize("how", ["update", "delete", "restored copy", "mtime set back"])
+def test_a_replica_written_while_nobody_follows_it_is_repaired_at_the_next_start(
+        tmp_path: Path, how: str) -> None:
+    """Between runs no connection watches ``data_version``: the seal written at a clean close
+    tells the next start that the file changed, and the position is not claimed until a
+    range-hash repair made the rows equal the master's again."""
+    import os
+    import shutil
+
+    svc = make_source(tmp_path, 300)
+    reps = ReplicaSet(tmp_path / "set", lambda n: LocalRemote(svc), interval=0.05)
+    reps.catch_up("people", 0)
+    path = reps.path("people")
+    backup = tmp_path / "old.sqlite"
+    shutil.copy(path, backup)
+    mm = master.connect(svc.path)
+    mm.execute("UPDATE people SET name='newer' WHERE CAST(id AS INTEGER) <= 20")
+    mm.close()
+    at = reps.catch_up("people", 1)
+    reps.close()  # the agent stops cleanly
+    assert path.with_name("people.sqlite.seal").exists()
+    st = path.stat()
+    if how == "restored copy":  # a backup tool puts back an older file
+        shutil.copy(backup, path)
+    else:
+        other = sqlite3.connect(path)
+        if how == "delete":
+            other.execute("DELETE FROM people WHERE CAST(id AS INTEGER) BETWEEN 100 AND 120")
+        else:
+            other.execute("UPDATE people SET name='SNEAK' WHERE CAST(id AS INTEGER) = 7")
+        other.commit()
+        other.close()
+        if how == "mtime set back":
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert not _same_as_master(path, svc)
+
+    # A long start delay keeps the background thread out of the way: catch_up steps.
+    reps = ReplicaSet(tmp_path / "set", lambda n: LocalRemote(svc), interval=3600)
+    try:
+        reps.ensure(["people"])
+        assert reps.positions() == {}  # whatever the file says, no position before the check
+        assert reps.catch_up("people", at[1]) == at
+        rep = reps._follower("people").replica
+        assert rep.stats.repairs == 1 and rep.verified
+        assert "changed while no follower" in rep.stats.repair_reasons[0]
+        assert _same_as_master(path, svc)
+    finally:
+        reps.close()
+
+
+def test_a_cleanly_closed_replica_is_trusted_and_an_unsealed_one_checked(tmp_path: Path) -> None:
+    from officegrid.sync.replication.replica import Replica
+
+    svc = make_source(tmp_path, 300)
+    path = tmp_path / "r.sqlite"
+    rep = Replica(path, LocalRemote(svc))
+    rep.catch_up()
+    rep.close()
+    rep = Replica(path, LocalRemote(svc))
+    assert rep.step() == "idle" and rep.verified  # sealed and unchanged: no check
+    assert not (tmp_path / "r.sqlite.seal").exists()  # open for writing: a crash leaves none
+    rep.close()
+    (tmp_path / "r.sqlite.seal").unlink()  # as after a crash
+    rep = Replica(path, LocalRemote(svc))
+    assert rep.step() == "repair" and "not closed cleanly" in rep.stats.repair_reasons[0]
+    assert rep.stats.last_repair["people"]["fetched"] == 0  # equal: only hashes compared
+    assert rep.step() == "idle"
+    rep.close()

@@ -71,7 +71,8 @@ class _Follower:
 
     def _position(self) -> list[Any] | None:
         pos = self.replica.position()
-        return None if pos is None else [pos.epoch, pos.pos]
+        # An unverified file's position says nothing about its rows: claim none until checked.
+        return None if pos is None or not self.replica.verified else [pos.epoch, pos.pos]
 
 
 class ReplicaSet:
@@ -278,7 +279,7 @@ class ReplicaSet:
 def _files_of(path: Path) -> list[Path]:
     """A replica file and the files SQLite and the snapshot download keep beside it."""
     return [path] + [path.with_name(path.name + suffix)
-                     for suffix in ("-wal", "-shm", "-journal", ".part", ".part.json")]
+                     for suffix in ("-wal", "-shm", "-journal", ".part", ".part.json", ".seal")]
 
 
 def _blocks(path: Path) -> int:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from officegrid.sync.replication import apply, merkle, schema, snapshot
+from officegrid.sync.replication import apply, merkle, schema, seal, snapshot
 from officegrid.sync.replication.errors import (
     ChainBroken,
     DataSourceError,
@@ -112,11 +112,15 @@ class Replica:
         self._conn: sqlite3.Connection | None = None
         self._reported: tuple[str, int] | None = None
         self._data_version = 0  # PRAGMA data_version as this connection last saw it
+        # Why the file is not trusted until a repair has checked it (see :mod:`.seal`).
+        self._unverified: str | None = None
 
     # -------------------------------------------------------------- plumbing
 
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
+            if self.path.exists():
+                self._unverified = seal.broken(self.path) or self._unverified
             self._conn = apply.connect(self.path)
             if self.max_page_count:
                 self._conn.execute(f"PRAGMA max_page_count={int(self.max_page_count)}")
@@ -134,10 +138,24 @@ class Replica:
         changed, self._data_version = seen != self._data_version, seen
         return changed
 
+    @property
+    def verified(self) -> bool:
+        """False while the file may differ from what this replica's log applied (it was not
+        sealed at its last close, or changed since): :meth:`step` repairs it first."""
+        return self._unverified is None
+
     def close(self) -> None:
+        """Close the replica's connection and seal the file (:mod:`.seal`) unless it is still
+        unverified, so the next open can tell whether anything wrote it meanwhile."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+            if self._unverified is None and self.path.exists():
+                try:
+                    seal.write(self.path)
+                except OSError as exc:
+                    log.warning("replica %s: cannot write its seal (%s); the next start "
+                                "checks it against the master", self.path, exc)
 
     def position(self) -> apply.Position | None:
         if not self.path.exists():
@@ -155,6 +173,8 @@ class Replica:
             return self.remote.snapshot_fetch(info["id"], offset)
 
         got = snapshot.download(info, self.path, fetch)
+        seal.write(self.path)  # just verified against the snapshot's hash
+        self._unverified = None
         self.stats.bootstraps += 1
         self.stats.snapshot_bytes += got["fetched"]
         self.stats.snapshot_resumed_at = got["resumed_at"]
@@ -191,10 +211,18 @@ class Replica:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._unverified = None
         self.stats.repairs += 1
         self.stats.repair_reasons.append(reason)
         self.stats.repair_bytes += self.remote.bytes_received - before
         self.stats.last_repair = result
+        log.info("replica %s: repaired at position %d: %d of %d key ranges differed, %d rows "
+                 "fetched, %d deleted, %d bytes", self.path, st["pos"],
+                 sum(r["dirty"] for r in result.values()),
+                 sum(r["buckets"] for r in result.values()),
+                 sum(r["fetched"] for r in result.values()),
+                 sum(r["deleted"] for r in result.values()),
+                 self.remote.bytes_received - before)
         return result
 
     @staticmethod
@@ -246,9 +274,12 @@ class Replica:
                 self.bootstrap()
                 self._report()
                 return "bootstrap"
-            if self.written_by_others():
-                log.warning("replica %s was written by another program: repairing", self.path)
-                self.repair("the replica file was written by another program")
+            distrust = self._unverified
+            if distrust is None and self.written_by_others():
+                distrust = "the replica file was written by another program"
+            if distrust is not None:
+                log.warning("replica %s: %s: repairing", self.path, distrust)
+                self.repair(distrust)
                 self._report()
                 return "repair"
         # The log request tells an HTTP server this replica's position (no separate report).
