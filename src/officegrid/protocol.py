@@ -690,6 +690,8 @@ class DataChange(Model):
     rows: int
     epoch: str
     pos: int
+    # Set when the change started a new epoch (a destructive schema change): why.
+    epoch_reason: str | None = None
 
 
 class DataReplicaInfo(Model):

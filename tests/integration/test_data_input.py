@@ -60,6 +60,19 @@ def test_data_sql_refuses_what_is_not_one_write(mgrid, cli, sql: str, why: str) 
     assert len(rows(mgrid, "sqlin")) == 20
 
 
+def test_data_sql_says_when_a_change_starts_a_new_epoch(mgrid, cli) -> None:
+    make(cli, "epochsql")
+    epoch = status(cli, "epochsql")["epoch"]
+    added = cli.ok("data", "sql", "epochsql", "ALTER TABLE people ADD COLUMN tier INTEGER")
+    assert "new epoch" not in added.stdout + added.stderr  # additive: travels in the log
+    assert status(cli, "epochsql")["epoch"] == epoch
+    dropped = cli.ok("data", "sql", "epochsql", "ALTER TABLE people DROP COLUMN city")
+    now = status(cli, "epochsql")["epoch"]
+    assert now != epoch
+    said = dropped.stdout + dropped.stderr
+    assert f"new epoch {now[:8]}: " in said and "replicas repair" in said, said
+
+
 def test_purge_past_the_head_or_negative_is_refused(mgrid, cli) -> None:
     make(cli, "purgein")
     cli.ok("data", "sql", "purgein", "UPDATE people SET city='X' WHERE id <= 5")
@@ -291,6 +304,11 @@ def test_refresh_adds_new_columns_and_outlives_upstream_errors(mgrid, cli, pg_ur
             c.exec_driver_sql("UPDATE crm SET name = 'z' WHERE id = 3")
         wait_for(lambda: rows(mgrid, "crmin", "crm")[-1] == (3, "z", None), 60,
                  what="refreshes after the failure")
+        with eng.begin() as c:  # a column dropped upstream is dropped here, not left stale
+            c.exec_driver_sql("ALTER TABLE crm DROP COLUMN tier")
+        wait_for(lambda: "no longer returns column 'tier'" in log.read_text(), 60,
+                 what="the dropped column noticed")
+        assert rows(mgrid, "crmin", "crm") == [(1, "a"), (2, "b"), (3, "z")]
         assert proc.poll() is None  # still running
     finally:
         eng.dispose()

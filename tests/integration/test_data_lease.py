@@ -150,3 +150,43 @@ def test_outside_the_transfer_window_a_worker_is_not_told_to_replicate(grid, tmp
                                    max_units=1))
     assert res.leases == [] and res.replicate == {}
     assert res.reason == "outside transfer window"
+
+
+def test_an_agent_seals_its_replicas_at_stop_and_checks_one_changed_while_it_was_down(
+        grid, tmp_path) -> None:
+    """A clean stop seals each replica; a restart trusts a sealed, unchanged file as it is, and
+    repairs one written while no agent ran before any unit reads it."""
+    admin = grid.admin
+    make_source(admin, tmp_path)
+    publish(admin, write_job_module(tmp_path / "code", "lookup", LOOKUP))
+    w = grid.worker("sealer")
+    replica = w.work_dir / "data" / "ref.sqlite"
+
+    def run_job(n: int) -> dict[int, str]:
+        job = admin.submit("lookup:process", write_csv(tmp_path / f"in{n}.csv", 3), key="id",
+                           unit_size=3, data=["ref"])
+        wait_for(lambda: admin.job(job["id"])["state"] == "done", timeout=120)
+        out = tmp_path / f"out{n}.jsonl"
+        admin.export_results(job["id"], out)
+        return {r["k"]: r["v"] for r in map(json.loads, out.read_text().splitlines())}
+
+    assert run_job(1) == {1: "v1", 2: "v2", 3: "v3"}
+    w.stop()
+    assert w.proc.returncode == 0
+    assert replica.with_name("ref.sqlite.seal").exists()
+
+    w.start()  # sealed and unchanged: used as it is
+    assert run_job(2) == {1: "v1", 2: "v2", 3: "v3"}
+    w.stop()
+    assert "repair" not in w.output()
+
+    conn = sqlite3.connect(replica)  # someone edits the replica while no agent runs
+    conn.execute("UPDATE ref SET v = 'SNEAK' WHERE k = 2")
+    conn.commit()
+    conn.close()
+    w.start()
+    assert run_job(3) == {1: "v1", 2: "v2", 3: "v3"}
+    w.stop()
+    out = w.output()
+    assert "the replica file changed while no follower had it open" in out
+    assert "repaired at position" in out and "rows fetched 1," in out, out

@@ -539,6 +539,10 @@ def test_keyless_table_made_in_the_master_file_does_not_block_writes(tmp_path: P
     assert master.unreplicated(conn) == ["loose"]
     assert master.execute_sql(conn, "UPDATE people SET city='X' WHERE id IN ('1', '2', '3')") == 3
     assert master.upsert_rows(conn, None, [{"id": "1", "city": "Y"}]) == 1  # still the default
+    # Its rows are not replicated: data sql refuses to write them rather than say "changed".
+    with pytest.raises(DataSourceError, match="'loose' has no primary key, so it is not repl"):
+        master.execute_sql(conn, "INSERT INTO loose VALUES (1, 2)")
+    assert conn.execute("SELECT count(*) FROM loose").fetchone()[0] == 0
     # A statement that itself leaves a new keyless table is still refused.
     with pytest.raises(DataSourceError, match="'other' has no primary key"):
         master.execute_sql(conn, "CREATE TABLE other(a)")

@@ -7,6 +7,8 @@ import signal
 import socket
 import tempfile
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from officegrid.cli.common import (
     say,
     show,
 )
+from officegrid.worker.policy import format_duration
 
 app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
                   help="Replicated data sources: a master on the server, replicas everywhere.")
@@ -190,7 +193,11 @@ def sql_cmd(
     """Run one write statement on NAME's master; prints the new position."""
     with client(server, token, ca) as c:
         res = c.data_sql(name, statement)
-    emit(res, as_json, res["pos"], f"{name}: {_rows(res['rows'])} changed, position {res['pos']}")
+    text = f"{name}: {_rows(res['rows'])} changed, position {res['pos']}"
+    if res.get("epoch_reason"):
+        text += (f"\nnew epoch {res['epoch'][:8]}: {res['epoch_reason']}; replicas repair by "
+                 "range hashes")
+    emit(res, as_json, res["pos"], text)
 
 
 @app.command("purge")
@@ -232,7 +239,10 @@ def status_cmd(
             show(f"  table {t}: not replicated: {why}")
         for rep in st["replicas"]:
             lag = f"lag {rep['lag']}" if rep["lag"] is not None else "other epoch: resyncing"
-            show(f"  {rep['replica']}: position {rep['pos']} ({lag})")
+            # A replica that stopped reporting (its worker gone, its file dropped) keeps its
+            # last row: its age tells a live replica from a stale one.
+            seen = format_duration(time.time() - rep["updated_at"])
+            show(f"  {rep['replica']}: position {rep['pos']} ({lag}, seen {seen} ago)")
 
 
 @app.command("pull")
@@ -387,10 +397,23 @@ def _refresh_once(c: Any, rep: Any, name: str, url: str, query: str, table: str,
     from officegrid.sync.replication.schema import qi
 
     rep.catch_up()
-    ups, dels = importer.diff(rep.conn(), table, key, importer.query_rows(url, query))
+    returned: list[str] = []  # the query's columns, from its first row
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for row in importer.query_rows(url, query):
+            returned[:] = returned or list(row)
+            yield row
+
+    ups, dels = importer.diff(rep.conn(), table, key, rows())
     for col, typ in importer.new_columns(rep.conn(), table, ups):
         c.data_sql(name, f"ALTER TABLE {qi(table)} ADD COLUMN {qi(col)} {typ}".rstrip())
         say(f"refresh: the query returns a new column {col!r}: added to table {table!r}")
+    for col in importer.dropped_columns(rep.conn(), table, returned):
+        # Kept, the column would hold values the upstream no longer has, silently.
+        c.data_sql(name, f"ALTER TABLE {qi(table)} DROP COLUMN {qi(col)}")
+        say(f"refresh: the query no longer returns column {col!r}: dropped from table "
+            f"{table!r} (a destructive change: the source starts a new epoch and its replicas "
+            "repair by range hashes)")
     pos = rep.position()
     if ups:
         pos = c.data_apply(name, table, upsert=ups)

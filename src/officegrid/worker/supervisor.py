@@ -265,6 +265,8 @@ class Agent:
             self.cgroups.close()
         hb.join(timeout=5)
         self.envs.stop()
+        if self.replicas is not None:
+            self.replicas.close()  # seals each replica: the next start trusts it unchanged
         self.client.close()
         if self.fatal:
             print(f"officegrid worker: {self.fatal}", file=sys.stderr, flush=True)

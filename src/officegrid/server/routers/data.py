@@ -178,16 +178,18 @@ async def create_source(name: str, request: Request, replace: bool = False) -> p
 
 
 async def _change(ctx: ServerContext, svc: MasterService, fn: Any, *args: Any) -> p.DataChange:
-    def run() -> tuple[int, Any]:
+    def run() -> tuple[int, dict[str, Any]]:
         conn = master.connect(svc.path)
         try:
             n = fn(conn, *args)
         finally:
             conn.close()
-        return n, svc.poll(force=True)["head"]
+        return n, svc.poll(force=True)
 
-    n, head = await _call(ctx, run)
-    return p.DataChange(rows=n, epoch=head.epoch, pos=head.pos)
+    n, polled = await _call(ctx, run)
+    head = polled["head"]
+    return p.DataChange(rows=n, epoch=head.epoch, pos=head.pos,
+                        epoch_reason=polled["epoch_reason"])
 
 
 async def _receive_file(ctx: ServerContext, request: Request, dest: Path) -> None:

@@ -28,12 +28,35 @@ DISK_HEADROOM = 3.0  # a replica needs its snapshot decompressed (often 3x) plus
 MIN_FREE_BYTES = 256 << 20  # never fill the owner's disk to the brim
 
 
+class _Closed(Exception):
+    """The follower was closed while its request was out: the file is not touched again."""
+
+
+class _FileGuard:
+    """A follower's lock that refuses entry once the follower is closed: a step whose long
+    poll returns after the close must not reopen the file (and so break its seal)."""
+
+    def __init__(self, follower: _Follower) -> None:
+        self.follower = follower
+
+    def __enter__(self) -> None:
+        self.follower.lock.acquire()
+        if self.follower.closed:
+            self.follower.lock.release()
+            raise _Closed
+
+    def __exit__(self, *exc: object) -> None:
+        self.follower.lock.release()
+
+
 class _Follower:
     def __init__(self, replica: Replica, interval: float, jitter: float,
                  may_transfer: Callable[[], bool] | None = None) -> None:
         self.replica = replica
         self.may_transfer = may_transfer
         self.lock = threading.Lock()
+        self.closed = False
+        self.guard = _FileGuard(self)
         self.stop = threading.Event()
         self.error: str | None = None
         # [epoch, pos] after the last step, read without the lock (a bootstrap holds it for the
@@ -56,11 +79,15 @@ class _Follower:
             try:
                 # The lock is held while the replica file is read or changed, not while a
                 # long poll waits at the head (lease requests read the position meanwhile).
-                what = self.replica.step(wait=LONG_POLL, lock=self.lock)
-                with self.lock:
+                what = self.replica.step(wait=LONG_POLL, lock=self.guard)
+                with self.guard:
                     self.at = self._position()
                 self.error, failures = None, 0
+            except _Closed:
+                return
             except Exception as exc:  # noqa: BLE001 - keep following; report the error
+                if self.stop.is_set():
+                    return  # closing: the request was cut by the client's close
                 failures += 1
                 self.error = str(exc)
                 log.warning("replica %s: %s", self.replica.path, exc)
@@ -68,6 +95,24 @@ class _Follower:
                 continue
             if what == "idle":
                 self.stop.wait(self.interval * (1 + random.uniform(-self.jitter, self.jitter)))
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop following and close the replica, which seals it (:mod:`.seal`). Waits up to
+        ``timeout`` seconds (None: for ever) for a step that is reading or changing the file,
+        never for a long poll in flight. Returns False when that step was still running: the
+        file is left unsealed (consistent, as every change is one transaction) and the next
+        start checks it against the master."""
+        self.stop.set()
+        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+            log.info("replica %s: still busy (a snapshot or a repair): left unsealed, it is "
+                     "checked at the next start", self.replica.path)
+            return False
+        try:
+            self.closed = True
+            self.replica.close()
+        finally:
+            self.lock.release()
+        return True
 
     def _position(self) -> list[Any] | None:
         pos = self.replica.position()
@@ -172,18 +217,22 @@ class ReplicaSet:
         deadline = time.monotonic() + timeout
         confirmed = False  # a step in this call proved the replica's epoch is the master's
         while True:
-            with f.lock:
-                pos = f.replica.position()
-                if confirmed and pos is not None and pos.pos >= min_pos:
-                    return [pos.epoch, pos.pos]
-                try:
-                    what = f.replica.step()
-                except Exception:
-                    if pos is not None and pos.epoch == epoch and pos.pos >= min_pos:
+            try:
+                with f.guard:
+                    pos = f.replica.position()
+                    if confirmed and pos is not None and pos.pos >= min_pos:
                         return [pos.epoch, pos.pos]
-                    raise
-                f.at = f._position()
-                confirmed = what != "raced"
+                    try:
+                        what = f.replica.step()
+                    except Exception:
+                        if pos is not None and pos.epoch == epoch and pos.pos >= min_pos:
+                            return [pos.epoch, pos.pos]
+                        raise
+                    f.at = f._position()
+                    confirmed = what != "raced"
+            except _Closed:  # dropped meanwhile: follow it afresh
+                f, confirmed = self._follower(name), False
+                continue
             if time.monotonic() > deadline:
                 raise TimeoutError(f"replica {name!r} did not reach position {min_pos} in "
                                    f"{timeout:.0f}s ({f.error or 'no error'})")
@@ -237,10 +286,7 @@ class ReplicaSet:
         freed = 0
         try:
             if f is not None:
-                f.stop.set()
-                f.thread.join(30)
-                with f.lock:  # waits for a step in progress (the thread may have timed out)
-                    f.replica.close()
+                f.close()  # waits for a step in progress (not for a long poll)
             for path in _files_of(self.path(name)):
                 size = _blocks(path)
                 try:
@@ -262,18 +308,24 @@ class ReplicaSet:
         checkpoint waits for readers); else a PASSIVE checkpoint copies what it can."""
         mode = "TRUNCATE" if truncate else "PASSIVE"
         for f in list(self._followers.values()):
-            with f.lock:
-                if f.replica.position() is not None:
-                    f.replica.conn().execute(f"PRAGMA wal_checkpoint({mode})")
+            try:
+                with f.guard:
+                    if f.replica.position() is not None:
+                        f.replica.conn().execute(f"PRAGMA wal_checkpoint({mode})")
+            except _Closed:
+                continue
 
-    def close(self) -> None:
-        for f in self._followers.values():
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every follower and close (and seal) its replica, waiting up to ``timeout``
+        seconds per replica for a step in progress (see :meth:`_Follower.close`); long polls
+        in flight are not waited for (their answers are dropped)."""
+        with self._lock:
+            followers = list(self._followers.values())
+            self._followers.clear()
+        for f in followers:
             f.stop.set()
-        for f in self._followers.values():
-            f.thread.join(30)
-            with f.lock:
-                f.replica.close()
-        self._followers.clear()
+        for f in followers:
+            f.close(timeout)
 
 
 def _files_of(path: Path) -> list[Path]:

@@ -94,6 +94,16 @@ def new_columns(replica: sqlite3.Connection, table: str,
     return list(typed.items())
 
 
+def dropped_columns(replica: sqlite3.Connection, table: str, returned: list[str]) -> list[str]:
+    """Columns of ``table`` of the replica that the query no longer returns (``returned``: the
+    query's columns; empty when it returned no rows, which says nothing about its columns)."""
+    if not returned:
+        return []
+    keep = set(returned)
+    return [r[1] for r in replica.execute(f"PRAGMA table_info({qi(table)})")
+            if r[1] not in keep]
+
+
 def _norm(v: Any) -> Any:
     # SQLite's column affinity may store "12" as 12 (and vice versa): compare as text then.
     return v if v is None or isinstance(v, bytes) else str(v)

@@ -396,8 +396,14 @@ def execute_sql(conn: sqlite3.Connection, statement: str) -> int:
                         "AND name LIKE '\\_og\\_%' ESCAPE '\\'", (table,)).fetchall():
                     conn.execute(f"DROP TRIGGER {qi(name)}")
             before = conn.total_changes
-            with judged(conn):  # exactly one write statement, classified by SQLite itself
+            with judged(conn) as judge:  # exactly one write, classified by SQLite itself
                 conn.execute(statement)
+            unkeyed = sorted(t for t in loose if t.lower() in judge.row_tables)
+            if unkeyed:
+                raise DataSourceError(
+                    f"table {unkeyed[0]!r} has no primary key, so it is not replicated and "
+                    "data sql does not write it (rebuild it with a key: data create --replace "
+                    "... --key COL)")
             # Python 3.11's rowcount is -1 for a write that starts with WITH; changes() counts
             # the statement's own rows (not the capture triggers' log rows). A statement that
             # changed nothing (DDL) leaves total_changes alone and changes() stale: 0 then.

@@ -216,8 +216,8 @@ class Replica:
         self.stats.repair_reasons.append(reason)
         self.stats.repair_bytes += self.remote.bytes_received - before
         self.stats.last_repair = result
-        log.info("replica %s: repaired at position %d: %d of %d key ranges differed, %d rows "
-                 "fetched, %d deleted, %d bytes", self.path, st["pos"],
+        log.info("replica %s: repaired at position %d: %d of %d key ranges differed; rows "
+                 "fetched %d, deleted %d; %d bytes received", self.path, st["pos"],
                  sum(r["dirty"] for r in result.values()),
                  sum(r["buckets"] for r in result.values()),
                  sum(r["fetched"] for r in result.values()),

@@ -62,6 +62,7 @@ class _Judge:
         self.ddl = False  # a CREATE/ALTER/DROP of a user table or index was seen
         self.actions = 0
         self.internal: str | None = None  # refused: a write to a sqlite_* table (see __call__)
+        self.row_tables: set[str] = set()  # tables whose rows it writes (lower case)
 
     def __call__(self, action: int, arg1: Any, arg2: Any, db: Any, source: Any) -> int:
         self.actions += 1
@@ -96,6 +97,8 @@ class _Judge:
             else:
                 self.writes = True
                 self.ddl = self.ddl or action not in _ROW_WRITES
+                if action in _ROW_WRITES:
+                    self.row_tables.add(name)
         if why is not None:
             if self.refused is None:
                 self.refused = why
@@ -109,8 +112,10 @@ def refusal(why: str) -> DataSourceError:
 
 
 @contextlib.contextmanager
-def judged(conn: sqlite3.Connection) -> Iterator[None]:
+def judged(conn: sqlite3.Connection) -> Iterator[_Judge]:
     """Guard running one user statement on ``conn`` (``conn.execute(statement)`` inside).
+    Yields the judge, whose ``row_tables`` names (in lower case) the tables whose rows the
+    statement writes.
 
     Raises:
         DataSourceError: the statement is not exactly one write (see the module docstring);
@@ -119,7 +124,7 @@ def judged(conn: sqlite3.Connection) -> Iterator[None]:
     judge = _Judge()
     conn.set_authorizer(judge)
     try:
-        yield
+        yield judge
     except sqlite3.ProgrammingError as exc:
         if "one statement at a time" in str(exc):
             raise refusal("several statements (run them one at a time)") from None
