@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Test processes (pytest-xdist): most tests wait on servers, workers and disks, so two processes
+# finish the suite in about 60% of the time of one, even on 2 cores. Whole files stay together
+# (--dist loadfile), so a file's module-scoped server is started once.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint deps bench clean
 
@@ -20,7 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests bench examples
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench examples
