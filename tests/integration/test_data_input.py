@@ -131,8 +131,8 @@ def test_apply_upsert_and_delete_stream_many_rows(mgrid, cli) -> None:
     assert "3,000 rows upserted" in res.stderr + res.stdout
     got = dict((r[0], r) for r in rows(mgrid, "bulkin"))
     assert len(got) == 7000
-    assert got["4001"] == ("4001", "P4001", "Z4001")  # only the given columns change
-    assert got["7000"] == ("7000", None, "Z7000")
+    assert got[4001] == (4001, "P4001", "Z4001")  # only the given columns change
+    assert got[7000] == (7000, None, "Z7000")
     (cli.cwd / "del.csv").write_text("id\n" + "".join(f"{i}\n" for i in range(1, 2001)))
     res = cli.ok("data", "apply", "bulkin", "--delete", "del.csv")
     assert "2,000 rows deleted" in res.stderr + res.stdout
@@ -183,7 +183,7 @@ def test_keyless_table_in_master_is_listed_and_blocks_nothing(mgrid, cli) -> Non
     assert "table loose: not replicated: no primary key" in text
     (cli.cwd / "up.csv").write_text("id,city\n1,Q\n")
     cli.ok("data", "apply", "loosein", "--upsert", "up.csv")  # the only replicated table
-    assert rows(mgrid, "loosein")[0] == ("1", "P1", "Q")
+    assert rows(mgrid, "loosein")[0] == (1, "P1", "Q")
 
 
 def test_source_name_differing_only_in_case_is_refused(mgrid, cli) -> None:
@@ -201,7 +201,7 @@ def test_replace_without_table_keeps_the_table_name(mgrid, cli) -> None:
     res = cli.ok("data", "create", "keepin", "--from", "zips2.csv", "--key", "id", "--replace")
     assert "keeping the table name 'people'" in res.stderr
     assert list(status(cli, "keepin")["tables"]) == ["people"]
-    assert rows(mgrid, "keepin") == [("1", "A", "B"), ("2", "C", "D")]
+    assert rows(mgrid, "keepin") == [(1, "A", "B"), (2, "C", "D")]
     res = cli.ok("data", "create", "keepin", "--from", "zips2.csv", "--key", "id", "--replace",
                  "--table", "zips2")  # an explicit --table still renames
     assert list(status(cli, "keepin")["tables"]) == ["zips2"]

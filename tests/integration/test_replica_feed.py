@@ -68,7 +68,7 @@ def test_long_poll_answers_with_the_change_made_while_it_waited(fgrid, cli) -> N
         t.join(40)
     assert got["after_change"], "the long poll answered before the change was made"
     bodies = [json.loads(b) for b in got["batch"]["entries"]]
-    assert [(b["o"], b["r"]["id"], b["r"]["city"]) for b in bodies] == [("U", "7", "Lyon")]
+    assert [(b["o"], b["r"]["id"], b["r"]["city"]) for b in bodies] == [("U", 7, "Lyon")]
 
 
 def test_positions_travel_with_log_requests(fgrid, cli, tmp_path) -> None:

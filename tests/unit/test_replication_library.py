@@ -590,3 +590,36 @@ def test_refresher_backs_off_and_finds_new_columns(tmp_path: Path) -> None:
     rows = [{"id": 1, "name": "a", "tier": None, "note": "x"}, {"id": 2, "tier": 3}]
     assert importer.new_columns(conn, "crm", rows) == [("tier", "INTEGER"), ("note", "TEXT")]
     assert importer.new_columns(conn, "crm", [{"id": 1, "name": "b"}]) == []
+
+
+def test_csv_columns_of_numbers_are_numbers_and_zip_codes_stay_text(tmp_path: Path) -> None:
+    """Trial finding: every CSV column was TEXT, so `price > 10` compared text ('9.99' > '10')."""
+    csv = tmp_path / "prices.csv"
+    csv.write_text("sku,zip,price,qty,note,mixed\n"
+                   "1,01234,3.0,5,a,12\n"
+                   "2,10115,2.40,,b,x\n"
+                   "3,99999,12,7,,3\n"
+                   "4,50667,9.99,-2,c,4\n")
+    db = tmp_path / "p.sqlite"
+    assert master.build_from_file(db, csv, key="sku", table="prices") == 4
+    conn = sqlite3.connect(db)
+    types = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(prices)")}
+    assert types == {"sku": "INTEGER", "zip": "TEXT", "price": "REAL", "qty": "INTEGER",
+                     "note": "TEXT", "mixed": "TEXT"}
+    assert [r[0] for r in conn.execute("SELECT sku FROM prices WHERE price > 10")] == [3]
+    assert conn.execute("SELECT zip, qty FROM prices WHERE sku = 2").fetchone() == (
+        "10115", None)  # an empty number is NULL
+    assert conn.execute("SELECT note FROM prices WHERE sku = 3").fetchone() == ("",)
+    assert conn.execute("SELECT zip FROM prices WHERE sku = 1").fetchone() == ("01234",)
+    conn.close()
+
+
+def test_a_refresh_compares_numbers_by_value() -> None:
+    import decimal
+
+    from officegrid.sync.replication.coltypes import same_value
+
+    assert same_value(1.5, "1.50") and same_value(3, decimal.Decimal("3.00"))
+    assert same_value(7, 7) and same_value(None, None) and same_value("a", "a")
+    assert not same_value(1.5, "1.51") and not same_value("1.0", "1")  # text stays text
+    assert not same_value(None, 0) and not same_value(2, "x")

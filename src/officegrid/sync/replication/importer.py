@@ -12,8 +12,9 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
+from officegrid.sync.replication import coltypes
 from officegrid.sync.replication.errors import DataSourceError
-from officegrid.sync.replication.master import _sql_type, build_from_records, sql_value
+from officegrid.sync.replication.master import build_from_records, sql_value
 from officegrid.sync.replication.schema import qi
 
 FETCH_ROWS = 5000
@@ -74,7 +75,7 @@ def diff(replica: sqlite3.Connection, table: str, key: str,
             raise DataSourceError(f"a row has no value for the key column {key!r}")
         seen.add(k)
         old = have.get(k)
-        if old is None or any(_norm(old.get(c)) != _norm(v) for c, v in new.items()):
+        if old is None or not all(coltypes.same_value(old.get(c), v) for c, v in new.items()):
             upserts.append(new)
     deletes = [[k] for k in have if k not in seen]
     return upserts, deletes
@@ -90,7 +91,7 @@ def new_columns(replica: sqlite3.Connection, table: str,
     for row in rows:
         for c, v in row.items():
             if c not in have and (c not in typed or (typed[c] == "" and v is not None)):
-                typed[c] = "" if v is None else _sql_type(v)
+                typed[c] = "" if v is None else coltypes.value_type(v) or ""
     return list(typed.items())
 
 
@@ -103,7 +104,3 @@ def dropped_columns(replica: sqlite3.Connection, table: str, returned: list[str]
     return [r[1] for r in replica.execute(f"PRAGMA table_info({qi(table)})")
             if r[1] not in keep]
 
-
-def _norm(v: Any) -> Any:
-    # SQLite's column affinity may store "12" as 12 (and vice versa): compare as text then.
-    return v if v is None or isinstance(v, bytes) else str(v)

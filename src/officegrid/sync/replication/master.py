@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from officegrid.sync.replication import capture, changelog, codec
+from officegrid.sync.replication import capture, changelog, codec, coltypes
 from officegrid.sync.replication.errors import DataSourceError
 from officegrid.sync.replication.schema import describe, diff, qi, require_keys
 from officegrid.sync.replication.statement import judged
@@ -149,25 +149,16 @@ def sql_value(v: Any) -> codec.Value:
     return str(v)
 
 
-def _sql_type(v: Any) -> str:
-    if isinstance(v, bool | int):
-        return "INTEGER"
-    if isinstance(v, float):
-        return "REAL"
-    if isinstance(v, bytes):
-        return "BLOB"
-    return "TEXT"
-
-
 # ------------------------------------------------------------------------------ creating
 
 
 def build_from_records(dest: str | os.PathLike[str], records: Iterable[dict[str, Any]],
-                       key: str, table: str) -> int:
+                       key: str, table: str, types: dict[str, str] | None = None) -> int:
     """Write ``records`` into a new SQLite file ``dest`` as table ``table`` keyed by ``key``.
 
-    Columns come from the records in order of first appearance; a column's type is that of its
-    first non-null value. Returns the number of rows.
+    Columns come from the records in order of first appearance. A column's declared type is
+    ``types[column]`` when given (see :mod:`.coltypes`; an empty string in a number column is
+    stored as NULL), else that of its first non-null value. Returns the number of rows.
 
     Raises:
         DataSourceError: a record lacks the key, or two records have the same key.
@@ -196,8 +187,11 @@ def build_from_records(dest: str | os.PathLike[str], records: Iterable[dict[str,
                     conn.execute(f"ALTER TABLE {qi(table)} ADD COLUMN {qi(c)} {typed.get(c, '')}")
             sql = (f"INSERT INTO {qi(table)} ({', '.join(qi(c) for c in cols)}) "
                    f"VALUES ({', '.join('?' for _ in cols)})")
+            blank_is_null = [coltypes.is_number_type(typed.get(c, "")) for c in cols]
+            values = [[None if (blank and r.get(c) == "") else sql_value(r.get(c))
+                       for c, blank in zip(cols, blank_is_null, strict=True)] for r in pending]
             try:
-                conn.executemany(sql, [[sql_value(r.get(c)) for c in cols] for r in pending])
+                conn.executemany(sql, values)
             except sqlite3.IntegrityError as exc:
                 raise DataSourceError(f"key column {key!r}: {exc}") from None
             pending.clear()
@@ -207,7 +201,8 @@ def build_from_records(dest: str | os.PathLike[str], records: Iterable[dict[str,
                 if c not in typed or (typed[c] == "" and v is not None):
                     if c not in typed:
                         cols.append(c)
-                    typed[c] = "" if v is None else _sql_type(v)
+                    typed[c] = (types.get(c, "") if types is not None
+                                else coltypes.value_type(v) or "")
             if key not in rec or rec[key] in (None, ""):
                 raise DataSourceError(f"record {n + 1} has no value for the key column {key!r}")
             pending.append(rec)
@@ -237,13 +232,20 @@ def build_from_file(dest: str | os.PathLike[str], path: str | os.PathLike[str], 
         records.InputError: bad input, naming ``file:line`` (missing/duplicate keys included).
         DataSourceError: no records.
     """
-    from officegrid.records.readers import iter_records
+    from officegrid.records.readers import detect_format, iter_records
 
     table = table or Path(path).stem
-    rows = (rec for _, rec in iter_records(path, fmt=fmt, delimiter=delimiter, encoding=encoding,
-                                           key=key, max_bad_rows=max_bad_rows,
-                                           on_bad_row=on_bad_row))
-    return build_from_records(dest, rows, key, table)
+
+    def rows(report: Callable[[Any], object] | None) -> Iterator[dict[str, Any]]:
+        return (rec for _, rec in iter_records(path, fmt=fmt, delimiter=delimiter,
+                                               encoding=encoding, key=key,
+                                               max_bad_rows=max_bad_rows, on_bad_row=report))
+
+    types = None
+    if (fmt or detect_format(path)) == "csv":
+        # A CSV field is text: one pass finds the columns that hold numbers only.
+        types = coltypes.infer(rows(None), text_may_be_number=True)
+    return build_from_records(dest, rows(on_bad_row), key, table, types)
 
 
 def adopt(path: str | os.PathLike[str], state_path: str | os.PathLike[str] | None = None,
