@@ -225,16 +225,20 @@ def test_pull_follow_prints_a_line_per_repair(mgrid, cli) -> None:
     log = cli.cwd / "follow.log"
     proc = subprocess.Popen([sys.executable, "-m", "officegrid", "data", "pull", "followin",
                              "--to", str(cli.cwd / "f.sqlite"), "--follow", "--interval", "0.2"],
-                            cwd=cli.cwd, env=cli.env(), stdout=subprocess.DEVNULL,
-                            stderr=open(log, "w"))
+                            cwd=cli.cwd, env=cli.env(), stdout=subprocess.PIPE,
+                            stderr=open(log, "w"), text=True)
     try:
         wait_for(lambda: "replica" in log.read_text(), 60, what="the first catch-up")
         assert "repaired" not in log.read_text()
         make(cli, "followin", 5)  # replaced: a new epoch, which the follower repairs to
         wait_for(lambda: "repaired:" in log.read_text(), 60, what="a repair line")
+        head = status(cli, "followin")["pos"]
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.terminate()  # SIGTERM in a long poll: stops as Ctrl-C does
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, log.read_text()
+    assert out.strip().splitlines()[-1] == str(head)  # the position it stopped at
+    assert (cli.cwd / "f.sqlite.seal").exists()  # closed cleanly: the next pull trusts it
 
 
 @pytest.fixture

@@ -623,3 +623,42 @@ def test_a_refresh_compares_numbers_by_value() -> None:
     assert same_value(7, 7) and same_value(None, None) and same_value("a", "a")
     assert not same_value(1.5, "1.51") and not same_value("1.0", "1")  # text stays text
     assert not same_value(None, 0) and not same_value(2, "x")
+
+
+def test_data_sql_add_column_travels_in_the_log_without_a_reconcile(tmp_path: Path) -> None:
+    """Trial finding: ADD COLUMN through data sql logged a reconcile of the whole table after
+    the schema step; done in the change's own transaction, no row can miss the new column."""
+    svc = make_source(tmp_path, 300)
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    m = master.connect(svc.path)
+    master.execute_sql(m, "ALTER TABLE people ADD COLUMN tier INTEGER DEFAULT 1")
+    master.execute_sql(m, "UPDATE people SET tier = 7 WHERE id = 5")
+    master.execute_sql(m, "CREATE INDEX people_tier ON people(tier)")
+    m.close()
+    out = svc.poll(force=True)
+    assert out["reconciled"] == [] and out["epoch_reason"] is None
+    rep.catch_up()
+    assert rep.stats.repairs == 0 and equal(rep, svc)
+    r = sqlite3.connect(rep.path)
+    assert r.execute("SELECT tier FROM people WHERE id = 5").fetchone() == (7,)
+    assert r.execute("SELECT count(*) FROM sqlite_master WHERE name='people_tier'"
+                     ).fetchone() == (1,)
+    r.close()
+
+
+def test_a_snapshot_far_behind_the_head_is_made_anew(tmp_path: Path) -> None:
+    """Trial finding: a new replica got a snapshot 1,000 entries old and replayed them; a
+    snapshot is reused only while the log after it is small next to it."""
+    svc = make_source(tmp_path, 300)
+    first = svc.snapshot_info()
+    m = master.connect(svc.path)
+    m.execute("UPDATE people SET city='Q' WHERE id = 1")
+    svc.poll(force=True)
+    assert svc.snapshot_info()["id"] == first["id"]  # one entry behind: still good
+    for i in range(3):
+        m.execute(f"UPDATE people SET name = name || '{i}'")  # every row, three times
+    m.close()
+    head = svc.poll(force=True)["head"]
+    again = svc.snapshot_info()
+    assert again["id"] != first["id"] and again["pos"] == head.pos

@@ -98,9 +98,9 @@ def create(
                             + f", epoch {st['epoch'][:8]}, position {st['pos']}")
 
 
-def _n(n: int, what: str) -> str:
+def _n(n: int, what: str, plural: str | None = None) -> str:
     """``1 row``, ``2 rows``: a count with its noun, plural unless it is one."""
-    return f"{n:,} {what}{'' if n == 1 else 's'}"
+    return f"{n:,} {what if n == 1 else plural or what + 's'}"
 
 
 def _rows(n: int) -> str:
@@ -232,9 +232,9 @@ def status_cmd(
     for st in sources:
         r = st["retained"]
         rows = ", ".join(f"{t} {_rows(n)}" for t, n in st["tables"].items())
-        show(f"{st['name']}: epoch {st['epoch'][:8]} position {st['pos']} "
-             f"(log {st['base_pos'] + 1}..{st['pos']}, {r['entries']:,} entries, "
-             f"{r['bytes']:,} bytes kept); {rows}")
+        kept = (f"log {st['base_pos'] + 1}..{st['pos']}, {_n(r['entries'], 'entry', 'entries')}, "
+                f"{r['bytes']:,} bytes kept" if st["pos"] > st["base_pos"] else "log empty")
+        show(f"{st['name']}: epoch {st['epoch'][:8]} position {st['pos']} ({kept}); {rows}")
         for t, why in st.get("unreplicated", {}).items():
             show(f"  table {t}: not replicated: {why}")
         for rep in st["replicas"]:
@@ -277,14 +277,16 @@ def pull(
         rep = Replica(to, HttpRemote(c, name), name=rname, batch_entries=batch)
         stop = threading.Event()
         if follow:
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            # SIGTERM stops like Ctrl-C, at once even in a long poll; a batch being applied is
+            # rolled back by the close (the replica stays at its last committed position).
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
             try:
                 rep.catch_up()
                 _report(rep)
                 _say_repairs(rep)
                 rep.follow(stop, interval)
             except KeyboardInterrupt:
-                pass
+                rep.close()
         else:
             rep.catch_up()
         pos = rep.position()
@@ -327,9 +329,9 @@ def _report(rep: Any) -> None:
                      + (f" (resumed at {s.snapshot_resumed_at:,})" if s.snapshot_resumed_at
                         else ""))
     if s.entries:
-        parts.append(f"{s.entries:,} entries in {s.batches} batches")
+        parts.append(f"{_n(s.entries, 'entry', 'entries')} in {_n(s.batches, 'batch', 'batches')}")
     if s.repairs:
-        parts.append(f"{s.repairs} repairs ({s.repair_bytes:,} bytes: "
+        parts.append(f"{_n(s.repairs, 'repair')} ({s.repair_bytes:,} bytes: "
                      f"{'; '.join(s.repair_reasons[-3:])})")
     say(", ".join(parts))
 

@@ -271,6 +271,7 @@ class Agent:
         if self.fatal:
             print(f"officegrid worker: {self.fatal}", file=sys.stderr, flush=True)
             return 3
+        print("officegrid worker: stopped", file=sys.stderr, flush=True)
         return 0
 
     def _start_owner(self) -> None:
@@ -306,7 +307,9 @@ class Agent:
             return
 
         def on_signal(signum, _frame):
-            log.warning("signal %s: vacating running units and stopping", signum)
+            n = len(self.running)  # no lock: a handler must not wait for the thread it interrupted
+            log.warning("signal %s: stopping%s", signum,
+                        f" (vacating {n} running unit{'s' * (n != 1)})" if n else "")
             self.stop("agent stopping")
 
         signal.signal(signal.SIGTERM, on_signal)

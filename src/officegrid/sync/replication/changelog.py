@@ -177,6 +177,13 @@ def retained(conn: sqlite3.Connection) -> dict[str, Any]:
     return {"entries": n, "bytes": size, "oldest": oldest}
 
 
+def bytes_after(conn: sqlite3.Connection, pos: int) -> int:
+    """Bytes of the sealed entry bodies after position ``pos`` (what a replica at ``pos``
+    would fetch to reach the head, before compression)."""
+    return conn.execute("SELECT coalesce(sum(length(body)), 0) FROM _og_log WHERE pos > ? "
+                        "AND body IS NOT NULL", (pos,)).fetchone()[0]
+
+
 def purge(conn: sqlite3.Connection, *, max_age: float | None = None,
           max_bytes: int | None = None, before: int | None = None,
           now: float | None = None) -> int:

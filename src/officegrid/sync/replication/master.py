@@ -416,6 +416,8 @@ def execute_sql(conn: sqlite3.Connection, statement: str) -> int:
                                      if t not in loose}})
             if drop and table in desc["tables"] and table not in loose:
                 capture.install(conn, table, desc["tables"][table])
+            elif judge.ddl:
+                _log_additive(conn, desc)
     except sqlite3.Error as exc:
         raise DataSourceError(f"SQL failed: {exc}") from None
     return max(n, 0)
@@ -506,9 +508,24 @@ def poll(path: str | os.PathLike[str], state_path: str | os.PathLike[str], *,
         conn.close()
 
 
+def _log_additive(conn: sqlite3.Connection, desc: dict[str, Any]) -> None:
+    """In the transaction of a ``data sql`` schema change: log an additive change (new table,
+    column or index) and install the triggers for it at once, so rows written after it carry
+    the new columns and replicas get the schema step before them, with no reconcile. A
+    destructive change is left to the next poll, which starts a new epoch."""
+    meta = changelog.get_meta(conn)
+    if "schema" not in meta:
+        return
+    sub: dict[str, Any] = {"unreplicated": [], "schema_steps": 0, "reconciled": []}
+    if _schema_changed(conn, json.loads(meta["schema"]), desc, sub, atomic=True) is None:
+        _store_schema(conn, desc)
+
+
 def _schema_changed(conn: sqlite3.Connection, old: dict[str, Any], new: dict[str, Any],
-                    out: dict[str, Any]) -> str | None:
-    """Log additive changes and reinstall lost triggers; return why a new epoch is needed."""
+                    out: dict[str, Any], atomic: bool = False) -> str | None:
+    """Log additive changes and reinstall lost triggers; return why a new epoch is needed.
+    ``atomic``: called in the transaction of the change itself, so no row was written under
+    the old triggers and changed tables need no reconcile."""
     d = diff(old, new)
     if d.destructive:
         return d.destructive
@@ -528,11 +545,12 @@ def _schema_changed(conn: sqlite3.Connection, old: dict[str, Any], new: dict[str
         capture.install(conn, t, new["tables"][t])
         capture.log_all_rows(conn, t, new["tables"][t])
     for t in d.changed_tables:
-        # Rows written between the ALTER and this poll were logged by the old triggers without
-        # the new columns: replicas reconcile the table (cheap: only those rows differ).
         capture.install(conn, t, new["tables"][t])
-        capture.log_entry(conn, t, "X", None)
-        out["reconciled"].append(t)
+        if not atomic:
+            # Rows written between the ALTER and this poll were logged by the old triggers
+            # without the new columns: replicas reconcile the table (only those rows differ).
+            capture.log_entry(conn, t, "X", None)
+            out["reconciled"].append(t)
     for t in capture.lost_triggers(conn, new):
         # Rows written while the triggers were missing are unknown: replicas reconcile the table
         # by range hashes (merkle) when they reach this entry.
