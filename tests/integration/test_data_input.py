@@ -103,6 +103,26 @@ def test_apply_unknown_column_names_file_and_line_and_applies_nothing(mgrid, cli
     assert (status(cli, "applyin")["pos"], rows(mgrid, "applyin")) == before
 
 
+def test_apply_into_number_columns_keeps_them_numbers(mgrid, cli) -> None:
+    """Re-trial finding: an empty field was stored as '' and 'n/a' as text in a REAL column,
+    so `price > 5` counted both."""
+    (cli.cwd / "prices.csv").write_text("sku,price,qty\n1,3.5,2\n2,9.99,4\n3,12,1\n")
+    cli.ok("data", "create", "numin", "--from", "prices.csv", "--key", "sku", "--replace")
+    before = status(cli, "numin")["pos"]
+    (cli.cwd / "bad.csv").write_text("sku,price,qty\n1,4,\n2,n/a,3\n")
+    res = cli("data", "apply", "numin", "--upsert", "bad.csv")
+    assert res.returncode != 0
+    assert "bad.csv:3: column 'price' holds numbers (REAL): 'n/a' is not a number" in res.stderr
+    assert status(cli, "numin")["pos"] == before  # nothing applied
+    (cli.cwd / "up.csv").write_text("sku,price,qty\n1,,7\n2,6.5,\n")
+    cli.ok("data", "apply", "numin", "--upsert", "up.csv")
+    assert rows(mgrid, "numin", "prices") == [(1, None, 7), (2, 6.5, None), (3, 12.0, 1)]
+    conn = sqlite3.connect(mgrid.server.data_dir / "data" / "numin.sqlite")
+    assert [r[0] for r in conn.execute("SELECT sku FROM prices WHERE price > 5 OR qty > 5")] \
+        == [1, 2, 3]
+    conn.close()
+
+
 def test_apply_row_the_master_refuses_names_file_and_line_and_applies_nothing(mgrid,
                                                                               cli) -> None:
     make(cli, "strictin")
@@ -314,6 +334,21 @@ def test_refresh_adds_new_columns_and_outlives_upstream_errors(mgrid, cli, pg_ur
                  what="the dropped column noticed")
         assert rows(mgrid, "crmin", "crm") == [(1, "a"), (2, "b"), (3, "z")]
         assert proc.poll() is None  # still running
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+        # A restarted refresher (no --replace) goes on by difference in the same epoch.
+        epoch = status(cli, "crmin")["epoch"]
+        with eng.begin() as c:
+            c.exec_driver_sql("UPDATE crm SET name = 'y' WHERE id = 2")
+        proc = subprocess.Popen([sys.executable, "-m", "officegrid", "data", "create", "crmin",
+                                 "--from-sql", pg_url, "--query", "SELECT * FROM crm", "--key",
+                                 "id", "--table", "crm", "--refresh", "0.3"],
+                                cwd=cli.cwd, env=cli.env(), stdout=subprocess.DEVNULL,
+                                stderr=open(log, "w"))
+        wait_for(lambda: rows(mgrid, "crmin", "crm")[1] == (2, "y"), 60,
+                 what="the restarted refresher's change")
+        assert "exists: refreshing it by difference" in log.read_text()
+        assert status(cli, "crmin")["epoch"] == epoch
     finally:
         eng.dispose()
         proc.send_signal(signal.SIGTERM)

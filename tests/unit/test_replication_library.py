@@ -543,6 +543,10 @@ def test_keyless_table_made_in_the_master_file_does_not_block_writes(tmp_path: P
     with pytest.raises(DataSourceError, match="'loose' has no primary key, so it is not repl"):
         master.execute_sql(conn, "INSERT INTO loose VALUES (1, 2)")
     assert conn.execute("SELECT count(*) FROM loose").fetchone()[0] == 0
+    assert master.execute_sql(conn, "CREATE TABLE kept (a PRIMARY KEY, b)") == 0
+    master.execute_sql(conn, "INSERT INTO kept SELECT a, b FROM loose")  # reading it is fine
+    master.execute_sql(conn, "DROP TABLE loose")  # and so is dropping it
+    assert master.unreplicated(conn) == []
     # A statement that itself leaves a new keyless table is still refused.
     with pytest.raises(DataSourceError, match="'other' has no primary key"):
         master.execute_sql(conn, "CREATE TABLE other(a)")
@@ -662,3 +666,48 @@ def test_a_snapshot_far_behind_the_head_is_made_anew(tmp_path: Path) -> None:
     head = svc.poll(force=True)["head"]
     again = svc.snapshot_info()
     assert again["id"] != first["id"] and again["pos"] == head.pos
+
+
+def test_decimals_and_long_codes_keep_every_digit(tmp_path: Path) -> None:
+    """Re-trial finding: decimal(30,2) 1234567890123456789.12 became 1234567890123456768, and a
+    24-digit CSV code a rounded float; a refresh then rewrote the row every time."""
+    import decimal
+
+    from officegrid.sync.replication import coltypes
+
+    big = decimal.Decimal("1234567890123456789.12")
+    records = [{"id": 1, "amt": decimal.Decimal("1.50")}, {"id": 2, "amt": big},
+               {"id": 3, "amt": decimal.Decimal("12345678901234567890123")},
+               {"id": 4, "amt": decimal.Decimal("7")}]
+    db = tmp_path / "d.sqlite"
+    master.build_from_records(db, records, "id", "t")
+    conn = sqlite3.connect(db)
+    got = dict(conn.execute("SELECT id, amt FROM t"))
+    assert got == {1: 1.5, 2: "1234567890123456789.12", 3: "12345678901234567890123", 4: 7}
+    assert all(coltypes.same_value(got[r["id"]], r["amt"]) for r in records)
+    conn.close()
+    csv = tmp_path / "codes.csv"
+    csv.write_text("id,code,ratio\n1,123456789012345678901234,0.5\n2,5,0.25\n")
+    master.build_from_file(tmp_path / "c.sqlite", csv, key="id", table="codes")
+    conn = sqlite3.connect(tmp_path / "c.sqlite")
+    types = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(codes)")}
+    assert types == {"id": "INTEGER", "code": "TEXT", "ratio": "REAL"}
+    assert conn.execute("SELECT code FROM codes WHERE id = 1").fetchone() == (
+        "123456789012345678901234",)
+    conn.close()
+
+
+def test_a_follower_at_the_same_position_is_recorded_again_now_and_then() -> None:
+    """`data status` shows when each replica was last seen: a live follower waiting at the
+    head is written again every SEEN_EVERY seconds, not only when its position moves."""
+    import time
+
+    from officegrid.server.replica_feed import SEEN_EVERY, ReplicaFeed
+
+    feed = ReplicaFeed()
+    feed._written[("s", "r")] = ("e", 5, time.monotonic())
+    feed.note("s", "r", "e", 5)
+    assert feed._pending == {}
+    feed._written[("s", "r")] = ("e", 5, time.monotonic() - SEEN_EVERY - 1)
+    feed.note("s", "r", "e", 5)
+    assert feed._pending == {("s", "r"): ("e", 5)}

@@ -166,11 +166,12 @@ def apply_cmd(
     with client(server, token, ca) as c, tempfile.TemporaryDirectory(prefix="og-data-") as tmp:
         st = c.data_status(name)
         table, pk = _table_key(st, table)
-        cols = [col[0] for col in json.loads(st["schema"])["tables"][table]["cols"]]
+        described = json.loads(st["schema"])["tables"][table]["cols"]
         stage = Path(tmp) / "stage.sqlite"
         staging.build_stage(stage, path, kind="upsert" if upsert is not None else "delete",
-                            table=table, cols=cols, pk=pk, fmt=fmt, delimiter=delimiter,
-                            encoding=encoding)
+                            table=table, cols=[col[0] for col in described], pk=pk, fmt=fmt,
+                            delimiter=delimiter, encoding=encoding,
+                            types={col[0]: col[1] for col in described})
         try:
             res = c.data_apply_file(name, stage, table)
         except ApiError as exc:
@@ -351,11 +352,17 @@ def _create_from_sql(name: str, url: str, query: str | None, key: str, table: st
     table = table or name
     with tempfile.TemporaryDirectory(prefix="og-data-") as tmp:
         db = Path(tmp) / f"{name}.sqlite"
-        n = importer.build_from_query(db, url, query, key, table)
         with c:
-            st = c.data_create(name, db, replace=replace)
-            emit(st, as_json, name, f"data source {name}: {_rows(n)} from the query, epoch "
-                                    f"{st['epoch'][:8]}, position {st['pos']}")
+            if refresh is not None and not replace and _source_exists(c, name):
+                # A restarted refresher (a service restart) goes on by difference: loading
+                # the source anew would start a new epoch, and every replica would repair.
+                say(f"data source {name} exists: refreshing it by difference (--replace "
+                    "loads it anew)")
+            else:
+                n = importer.build_from_query(db, url, query, key, table)
+                st = c.data_create(name, db, replace=replace)
+                emit(st, as_json, name, f"data source {name}: {_rows(n)} from the query, "
+                                        f"epoch {st['epoch'][:8]}, position {st['pos']}")
             if refresh is None:
                 return
             stop = threading.Event()
@@ -377,6 +384,18 @@ def _create_from_sql(name: str, url: str, query: str | None, key: str, table: st
                 pass
             finally:
                 rep.close()
+
+
+def _source_exists(c: Any, name: str) -> bool:
+    from officegrid.client import ApiError
+
+    try:
+        c.data_status(name)
+    except ApiError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 REFRESH_MAX_BACKOFF = 300.0  # seconds: the longest wait between failed refreshes

@@ -43,6 +43,9 @@ MAX_WAIT = 30.0  # longest long poll, seconds
 # per replica per second, at up to half a second of added lag.
 RECHECK = 0.5
 REPORT_EVERY = 1.0  # seconds between writes of reported positions
+# A replica still at the same position is written again this often, so `data status` can tell
+# a live follower waiting at the head (seen under a minute ago) from one that went away.
+SEEN_EVERY = 30.0
 WARN_EVERY = 60.0  # seconds between warnings that positions could not be written
 CACHE_BYTES = 32 << 20  # cached compressed answers, total
 
@@ -59,7 +62,8 @@ class ReplicaFeed:
         self._cache_bytes = 0
         self._inflight: dict[tuple[Any, ...], asyncio.Future[tuple[bytes, int]]] = {}
         self._pending: dict[tuple[str, str], tuple[str, int]] = {}
-        self._written: dict[tuple[str, str], tuple[str, int]] = {}
+        # (source, replica) -> (epoch, pos, monotonic time written)
+        self._written: dict[tuple[str, str], tuple[str, int, float]] = {}
         self._last_write = 0.0
         self._writing: asyncio.Lock | None = None
         self._last_warning = -WARN_EVERY
@@ -72,7 +76,9 @@ class ReplicaFeed:
     def note(self, source: str, replica: str, epoch: str, pos: int) -> None:
         """Remember that ``replica`` of ``source`` is at ``(epoch, pos)`` (written later)."""
         k = (source, replica)
-        if self._written.get(k) != (epoch, pos):
+        last = self._written.get(k)
+        if (last is None or last[:2] != (epoch, pos)
+                or time.monotonic() - last[2] >= SEEN_EVERY):
             self._pending[k] = (epoch, pos)
 
     async def write_positions(self, ctx: ServerContext, force: bool = False,
@@ -114,7 +120,7 @@ class ReplicaFeed:
                                 "%d failed writes so far): %s", len(self._pending),
                                 self.write_failures, exc)
                 return
-            self._written.update(rows)
+            self._written.update({k: (*v, self._last_write) for k, v in rows.items()})
 
     # ------------------------------------------------------------------ batches
 

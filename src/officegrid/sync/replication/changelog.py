@@ -152,7 +152,9 @@ def batch(conn: sqlite3.Connection, epoch: str, after: int, max_entries: int = 1
     if epoch != h.epoch:
         raise NeedsRepair(f"epoch changed ({epoch[:8]} -> {h.epoch[:8]}): resync")
     if after < h.base_pos:
-        raise NeedsRepair(f"position {after} was purged (the log holds {h.base_pos + 1}..{h.pos})")
+        held = (f"the log holds {h.base_pos + 1}..{h.pos}" if h.pos > h.base_pos
+                else f"the log is empty, purged up to the head {h.pos}")
+        raise NeedsRepair(f"position {after} was purged ({held})")
     if after > h.pos:
         raise NeedsRepair(f"position {after} is ahead of the master's head {h.pos}")
     prev = hash_at(conn, after)

@@ -136,12 +136,13 @@ def upsert_sql(table: str, pk: Sequence[str], cols: Sequence[str], rows: str,
 
 
 def sql_value(v: Any) -> codec.Value:
-    """A record value as a SQLite value: bools as 0/1, Decimal as text, dates as ISO text,
-    lists/dicts as JSON text."""
+    """A record value as a SQLite value: bools as 0/1, dates as ISO text, lists/dicts as JSON
+    text, a Decimal as the int or float that equals it exactly, else as its exact text (a
+    ``decimal(30,2)`` value does not fit a 64-bit float)."""
     if v is None or isinstance(v, int | float | str | bytes):
         return int(v) if isinstance(v, bool) else v
     if isinstance(v, decimal.Decimal):
-        return str(v)
+        return coltypes.exact_number(v)
     if isinstance(v, dt.date | dt.datetime | dt.time):
         return v.isoformat()
     if isinstance(v, list | dict | tuple):
@@ -404,8 +405,8 @@ def execute_sql(conn: sqlite3.Connection, statement: str) -> int:
             if unkeyed:
                 raise DataSourceError(
                     f"table {unkeyed[0]!r} has no primary key, so it is not replicated and "
-                    "data sql does not write it (rebuild it with a key: data create --replace "
-                    "... --key COL)")
+                    "data sql does not write its rows (drop it, or copy it into a table with a "
+                    "PRIMARY KEY)")
             # Python 3.11's rowcount is -1 for a write that starts with WITH; changes() counts
             # the statement's own rows (not the capture triggers' log rows). A statement that
             # changed nothing (DDL) leaves total_changes alone and changes() stale: 0 then.

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from officegrid.records.errors import InputError
-from officegrid.sync.replication import master
+from officegrid.sync.replication import coltypes, master
 from officegrid.sync.replication.errors import DataSourceError
 from officegrid.sync.replication.schema import qi
 
@@ -38,13 +38,18 @@ RECORD_ERROR = re.compile(r"^record (\d+): (.*)$", re.DOTALL)
 
 def build_stage(dest: str | os.PathLike[str], path: str | os.PathLike[str], *, kind: str,
                 table: str, cols: list[str], pk: list[str], fmt: str | None = None,
-                delimiter: str | None = None, encoding: str = "utf-8") -> int:
+                delimiter: str | None = None, encoding: str = "utf-8",
+                types: dict[str, str] | None = None) -> int:
     """Stream the records of ``path`` into a new stage file ``dest`` for ``kind`` ("upsert" or
     "delete") on ``table`` (``cols`` its columns, ``pk`` its key). Returns the number of rows.
 
+    ``types`` (column -> declared type): in a number column an empty text value is stored as
+    NULL and any other text must spell a number (as ``data create`` typed it).
+
     Raises:
         records.InputError: bad input, naming ``FILE:LINE``: what ``submit`` refuses, a column
-            the table does not have (upsert), a record without a value for a key column.
+            the table does not have (upsert), a record without a value for a key column, text
+            that is not a number for a number column.
         DataSourceError: the file has no records.
     """
     from officegrid.records.readers import detect_format, iter_records
@@ -56,6 +61,7 @@ def build_stage(dest: str | os.PathLike[str], path: str | os.PathLike[str], *, k
     stage_cols = cols if kind == "upsert" else pk
     at = {c: i for i, c in enumerate(stage_cols)}
     key = pk[0] if len(pk) == 1 else None
+    numeric = {c for c, t in (types or {}).items() if coltypes.is_number_type(t)}
 
     def bad(n: int, problem: str) -> InputError:
         return InputError(path, record_line(path, n, fmt=fmt, encoding=encoding,
@@ -89,7 +95,14 @@ def build_stage(dest: str | os.PathLike[str], path: str | os.PathLike[str], *, k
             given = [c for c in rec if c in at]
             row: list[Any] = [None] * len(stage_cols)
             for c in given:
-                row[at[c]] = master.sql_value(rec[c])
+                v = rec[c]
+                if c in numeric and isinstance(v, str):
+                    if v == "":
+                        v = None
+                    elif not coltypes.spells_number(v):
+                        raise bad(n, f"column {c!r} holds numbers ({types[c]}): {v!r} is not "
+                                     "a number")
+                row[at[c]] = master.sql_value(v)
             pending.append([n, json.dumps(given), *row])
             if len(pending) >= BATCH:
                 conn.executemany(sql, pending)

@@ -97,7 +97,7 @@ class _Judge:
             else:
                 self.writes = True
                 self.ddl = self.ddl or action not in _ROW_WRITES
-                if action in _ROW_WRITES:
+                if action in _ROW_WRITES and not self.ddl:  # not DROP TABLE's own delete
                     self.row_tables.add(name)
         if why is not None:
             if self.refused is None:
