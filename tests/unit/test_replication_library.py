@@ -711,3 +711,46 @@ def test_a_follower_at_the_same_position_is_recorded_again_now_and_then() -> Non
     feed._written[("s", "r")] = ("e", 5, time.monotonic() - SEEN_EVERY - 1)
     feed.note("s", "r", "e", 5)
     assert feed._pending == {("s", "r"): ("e", 5)}
+
+
+def test_types_of_dates_wide_integers_and_refreshed_decimals() -> None:
+    """Review findings: DATE/DECIMAL columns were taken for numbers by data apply; an
+    18-digit integer beside REAL values was rounded; a decimal column new in a refresh was
+    typed from its converted values."""
+    import decimal
+
+    from officegrid.sync.replication import coltypes, importer
+
+    assert [coltypes.is_number_type(t) for t in
+            ("INTEGER", "BIGINT", "REAL", "DOUBLE PRECISION", "FLOAT")] == [True] * 5
+    assert [coltypes.is_number_type(t) for t in
+            ("DATE", "DATETIME", "BOOLEAN", "DECIMAL(10,2)", "VARCHAR(20)", "TEXT", "")] \
+        == [False] * 7
+    rows = [{"a": "1.5", "b": "123456789012345678", "c": "7"},
+            {"a": "123456789012345678", "b": "5", "c": "8.25"}]
+    assert coltypes.infer(rows, text_may_be_number=True) == {"a": "TEXT", "b": "INTEGER",
+                                                             "c": "REAL"}
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")  # an older import: all TEXT
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [("1", "2.5"), ("2", "1.0e-05")])
+    same = iter([{"id": 1, "v": decimal.Decimal("2.50")}, {"id": 2, "v": 1e-05}])
+    assert importer.diff(conn, "t", "id", same) == ([], [])  # numbers compare by value
+    assert importer.new_columns(conn, "t", [{"amt": decimal.Decimal("1.5")}]) == [("amt", "")]
+
+
+def test_data_sql_after_a_direct_schema_change_leaves_the_reconcile_to_the_poll(
+        tmp_path: Path) -> None:
+    """Review finding: the in-transaction schema step must not cover an ADD COLUMN made
+    straight in the master file before it: rows written in that gap lack the column."""
+    svc = make_source(tmp_path, 50)
+    direct = sqlite3.connect(svc.path, isolation_level=None)
+    direct.execute("ALTER TABLE people ADD COLUMN tier INTEGER")
+    direct.execute("UPDATE people SET tier = 3 WHERE id = 2")  # logged by the old triggers
+    direct.close()
+    m = master.connect(svc.path)
+    master.execute_sql(m, "ALTER TABLE people ADD COLUMN note TEXT")
+    m.close()
+    assert svc.poll(force=True)["reconciled"] == ["people"]
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    assert equal(rep, svc)

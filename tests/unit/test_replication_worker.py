@@ -336,3 +336,91 @@ def test_a_cleanly_closed_replica_is_trusted_and_an_unsealed_one_checked(tmp_pat
     assert rep.stats.last_repair["people"]["fetched"] == 0  # equal: only hashes compared
     assert rep.step() == "idle"
     rep.close()
+
+
+def test_a_write_while_the_follower_waits_is_not_sealed_at_close(tmp_path: Path) -> None:
+    """Review finding: a job's write between the last step and a clean stop was sealed as the
+    follower's own; close() now looks at data_version first."""
+    from officegrid.sync.replication.replica import Replica
+
+    svc = make_source(tmp_path, 100)
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    sneaky = sqlite3.connect(tmp_path / "r.sqlite")
+    sneaky.execute("UPDATE people SET name='SNEAK' WHERE id = 4")
+    sneaky.commit()
+    sneaky.close()
+    rep.close()
+    assert not (tmp_path / "r.sqlite.seal").exists()
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    assert rep.step() == "repair" and _same_as_master(tmp_path / "r.sqlite", svc)
+    rep.close()
+
+
+def test_a_reconcile_cut_short_is_owed_at_the_next_start(tmp_path: Path) -> None:
+    """Review finding: the batch holding a reconcile entry is committed before the repair; a
+    repair cut short (SIGTERM) must leave the file unsealed, so the next start repairs."""
+    from officegrid.sync.replication.replica import Replica
+
+    class CutRepair(Replica):
+        def repair(self, reason: str) -> dict:
+            raise KeyboardInterrupt
+
+    svc = make_source(tmp_path, 100)
+    rep = CutRepair(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.bootstrap()
+    m = sqlite3.connect(svc.path, isolation_level=None)  # an ETL rebuild: triggers lost
+    sql = m.execute("SELECT sql FROM sqlite_master WHERE name='people'").fetchone()[0]
+    m.executescript(f"""BEGIN; CREATE TABLE p2 AS SELECT * FROM people;
+        UPDATE p2 SET name='rebuilt' WHERE id <= 5; DROP TABLE people; {sql};
+        INSERT INTO people SELECT * FROM p2; DROP TABLE p2; COMMIT;""")
+    m.close()
+    assert svc.poll(force=True)["reconciled"] == ["people"]
+    with pytest.raises(KeyboardInterrupt):
+        rep.catch_up()
+    rep.close()
+    assert not (tmp_path / "r.sqlite.seal").exists()
+    rep = Replica(tmp_path / "r.sqlite", LocalRemote(svc))
+    rep.catch_up()
+    assert rep.stats.repairs == 1 and _same_as_master(tmp_path / "r.sqlite", svc)
+    rep.close()
+
+
+def test_an_unverified_replica_is_not_used_while_the_server_is_away(tmp_path: Path) -> None:
+    """Review finding: catch_up fell back to a replica in the job's epoch when the server was
+    away, even one the seal said not to trust."""
+    from officegrid.client import Unreachable
+
+    class Away(LocalRemote):
+        away = False
+
+        def log(self, *a, **kw):
+            if self.away:
+                raise Unreachable(0, "unreachable", "server away")
+            return super().log(*a, **kw)
+
+        def status(self):
+            if self.away:
+                raise Unreachable(0, "unreachable", "server away")
+            return super().status()
+
+    svc = make_source(tmp_path, 50)
+    remote = Away(svc)
+    reps = ReplicaSet(tmp_path / "set", lambda n: remote, interval=3600)
+    epoch, pos = reps.catch_up("people", 0)
+    reps.close()
+    remote.away = True
+    reps = ReplicaSet(tmp_path / "set", lambda n: remote, interval=3600)
+    try:  # sealed at close: used as it is while the server is away
+        assert reps.catch_up("people", pos, epoch=epoch) == [epoch, pos]
+    finally:
+        reps.close()
+    (tmp_path / "set" / "people.sqlite.seal").unlink()  # as after a crash
+    reps = ReplicaSet(tmp_path / "set", lambda n: remote, interval=3600)
+    try:
+        with pytest.raises(Unreachable):
+            reps.catch_up("people", pos, epoch=epoch)
+    finally:
+        reps.close()
+    with pytest.raises(DataSourceError, match="stopping"):
+        reps.ensure(["people"])  # closed: no follower starts (and unseals a file) after

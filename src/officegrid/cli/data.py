@@ -353,9 +353,17 @@ def _create_from_sql(name: str, url: str, query: str | None, key: str, table: st
     with tempfile.TemporaryDirectory(prefix="og-data-") as tmp:
         db = Path(tmp) / f"{name}.sqlite"
         with c:
-            if refresh is not None and not replace and _source_exists(c, name):
+            existing = _source(c, name) if refresh is not None and not replace else None
+            if existing is not None:
                 # A restarted refresher (a service restart) goes on by difference: loading
                 # the source anew would start a new epoch, and every replica would repair.
+                tables = json.loads(existing["schema"])["tables"]
+                if table not in tables or tables[table]["pk"] != [key]:
+                    have = ", ".join(f"{t} keyed by ({', '.join(d['pk'])})"
+                                     for t, d in tables.items())
+                    raise ValueError(f"data source {name} exists with {have or 'no table'}, not "
+                                     f"{table} keyed by ({key}): give the same --table and "
+                                     "--key to go on refreshing it, or --replace")
                 say(f"data source {name} exists: refreshing it by difference (--replace "
                     "loads it anew)")
             else:
@@ -369,8 +377,9 @@ def _create_from_sql(name: str, url: str, query: str | None, key: str, table: st
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             rep = Replica(Path(tmp) / "replica.sqlite", HttpRemote(c, name))
             failures = 0
+            wait = 0.0 if existing is not None else refresh  # a restart refreshes at once
             try:
-                while not stop.wait(refresh_delay(refresh, failures)):
+                while not stop.wait(wait):
                     try:
                         _refresh_once(c, rep, name, url, query, table, key)
                         failures = 0
@@ -380,22 +389,23 @@ def _create_from_sql(name: str, url: str, query: str | None, key: str, table: st
                         failures += 1
                         say(f"refresh failed ({failures} in a row): {exc}; retrying in "
                             f"{refresh_delay(refresh, failures):.0f} s")
+                    wait = refresh_delay(refresh, failures)
             except KeyboardInterrupt:
                 pass
             finally:
                 rep.close()
 
 
-def _source_exists(c: Any, name: str) -> bool:
+def _source(c: Any, name: str) -> dict[str, Any] | None:
+    """Data source ``name``'s status, or None if there is none."""
     from officegrid.client import ApiError
 
     try:
-        c.data_status(name)
+        return c.data_status(name)
     except ApiError as exc:
         if exc.status == 404:
-            return False
+            return None
         raise
-    return True
 
 
 REFRESH_MAX_BACKOFF = 300.0  # seconds: the longest wait between failed refreshes
@@ -419,14 +429,22 @@ def _refresh_once(c: Any, rep: Any, name: str, url: str, query: str, table: str,
 
     rep.catch_up()
     returned: list[str] = []  # the query's columns, from its first row
+    first: dict[str, Any] = {}  # each column's first non-null value, as the driver gave it
 
     def rows() -> Iterator[dict[str, Any]]:
         for row in importer.query_rows(url, query):
             returned[:] = returned or list(row)
+            if len(first) < len(row):
+                for c, v in row.items():
+                    if v is not None:
+                        first.setdefault(c, v)
             yield row
 
     ups, dels = importer.diff(rep.conn(), table, key, rows())
-    for col, typ in importer.new_columns(rep.conn(), table, ups):
+    # Typed from the driver's values (a Decimal column gets no affinity), not from the
+    # converted rows (where an exact decimal is already an int or float).
+    for col, typ in importer.new_columns(rep.conn(), table,
+                                         [{c: first.get(c) for c in returned}]):
         c.data_sql(name, f"ALTER TABLE {qi(table)} ADD COLUMN {qi(col)} {typ}".rstrip())
         say(f"refresh: the query returns a new column {col!r}: added to table {table!r}")
     for col in importer.dropped_columns(rep.conn(), table, returned):

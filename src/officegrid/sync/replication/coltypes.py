@@ -26,6 +26,12 @@ UNTYPED = ""  # no declared type: values are stored as given (a column of mixed 
 _INT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
 _REAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]{1,3})?")
 _NUMBERS = {INTEGER: 0, REAL: 1}
+# A number as SQLite, Python or a database prints one ("123", "2.4", "1.0e-05"), any length;
+# no leading zeros (a code such as "007" stays text).
+_NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+# While inferring only: an integer a 64-bit float does not hold exactly (over 2**53). It is
+# declared INTEGER, but beside REAL values the column becomes TEXT rather than round it.
+_WIDE_INT = "WIDE INTEGER"
 
 
 def value_type(v: Any, text_may_be_number: bool = False) -> str | None:
@@ -45,7 +51,7 @@ def value_type(v: Any, text_may_be_number: bool = False) -> str | None:
         return BLOB
     if text_may_be_number and isinstance(v, str):
         if _INT.fullmatch(v):
-            return INTEGER
+            return INTEGER if abs(int(v)) <= 2 ** 53 else _WIDE_INT
         if _REAL.fullmatch(v) and _exact_float(v):
             return REAL
     return TEXT
@@ -59,6 +65,8 @@ def widen(a: str | None, b: str | None) -> str | None:
         return a
     if a in _NUMBERS and b in _NUMBERS:
         return max(a, b, key=_NUMBERS.__getitem__)
+    if {a, b} == {INTEGER, _WIDE_INT}:
+        return _WIDE_INT
     if BLOB in (a, b) or UNTYPED in (a, b):
         return UNTYPED
     return TEXT
@@ -70,7 +78,7 @@ def infer(records: Iterable[dict[str, Any]], text_may_be_number: bool) -> dict[s
     for rec in records:
         for c, v in rec.items():
             seen[c] = widen(seen.get(c), value_type(v, text_may_be_number))
-    return {c: TEXT if t is None else t for c, t in seen.items()}
+    return {c: TEXT if t is None else INTEGER if t == _WIDE_INT else t for c, t in seen.items()}
 
 
 def _exact_float(text: str) -> bool:
@@ -92,13 +100,12 @@ def exact_number(d: decimal.Decimal) -> int | float | str:
 
 
 def is_number_type(declared: str) -> bool:
-    """Whether a column declared ``declared`` stores numbers (SQLite's INTEGER, REAL or
-    NUMERIC affinity, by the rules of https://sqlite.org/datatype3.html section 3.1)."""
+    """Whether a column declared ``declared`` has SQLite's INTEGER or REAL affinity (rules of
+    https://sqlite.org/datatype3.html section 3.1). NUMERIC affinity (DATE, BOOLEAN,
+    DECIMAL(p,s)...) is not counted: such columns often hold dates and other text."""
     t = declared.upper()
-    if "INT" in t:
-        return True
-    # REAL, FLOA, DOUB and anything else that is not text or blob: NUMERIC.
-    return bool(t) and not any(s in t for s in ("CHAR", "CLOB", "TEXT", "BLOB"))
+    return "INT" in t or (not any(s in t for s in ("CHAR", "CLOB", "TEXT"))
+                          and any(s in t for s in ("REAL", "FLOA", "DOUB")))
 
 
 def spells_number(text: str) -> bool:
@@ -108,15 +115,31 @@ def spells_number(text: str) -> bool:
 
 def same_value(stored: Any, new: Any) -> bool:
     """Whether a replica's ``stored`` value equals a fresh ``new`` one as the column stores it:
-    numbers compare by value (``2.4`` and ``"2.40"``, ``3`` and ``Decimal("3.00")``), text as
-    text, so a refresh writes only rows that really changed."""
+    when either is a number they compare by value (``2.4`` and ``"2.40"``, ``3`` and
+    ``Decimal("3.00")``, a TEXT column's ``"1.0e-05"`` and ``1e-05``), else as text, so a
+    refresh writes only rows that really changed."""
     if stored is None or new is None:
         return stored is None and new is None
-    if isinstance(stored, int | float) and not isinstance(stored, bool):
-        try:
-            return decimal.Decimal(repr(stored)) == decimal.Decimal(str(new))
-        except decimal.InvalidOperation:
-            return False
     if isinstance(stored, bytes) or isinstance(new, bytes):
         return stored == new
+    if _is_number(stored) or _is_number(new):
+        a, b = key_value(stored), key_value(new)
+        return a == b
     return str(stored) == str(new)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float | decimal.Decimal) and not isinstance(v, bool)
+
+
+def key_value(v: Any) -> Any:
+    """``v`` as a dict key that equal numbers share: a number, or text that spells one
+    (``"123"`` in a TEXT column of an older source, ``"1.0e-05"``), as a Decimal; anything
+    else as it is."""
+    if isinstance(v, float):
+        return decimal.Decimal(repr(v)) if math.isfinite(v) else v
+    if _is_number(v):
+        return decimal.Decimal(v)
+    if isinstance(v, str) and _NUMBER_TEXT.fullmatch(v):
+        return decimal.Decimal(v)
+    return v

@@ -155,6 +155,7 @@ class ReplicaSet:
         self._used: dict[str, float] = {}  # name -> UNIX time a unit or a job last asked for it
         # name -> set when its drop has closed and deleted the replica (ensure() waits for it).
         self._dropping: dict[str, threading.Event] = {}
+        self._closed = False  # set by close(): no new follower may start (and unseal a file)
 
     def path(self, name: str) -> Path:
         return self.root / f"{check_name(name)}.sqlite"
@@ -163,10 +164,13 @@ class ReplicaSet:
         """Follow each of ``names`` (starting a thread for new ones).
 
         Raises:
-            DataSourceError: not enough free disk for a new replica's snapshot.
+            DataSourceError: not enough free disk for a new replica's snapshot, or the set is
+                closed (the agent is stopping).
         """
         for name in names:
             with self._lock:
+                if self._closed:
+                    raise DataSourceError(f"replica {name!r}: the agent is stopping")
                 while name in self._dropping:  # its file is being deleted: start afresh after
                     dropping = self._dropping[name]
                     self._lock.release()
@@ -225,7 +229,9 @@ class ReplicaSet:
                     try:
                         what = f.replica.step()
                     except Exception:
-                        if pos is not None and pos.epoch == epoch and pos.pos >= min_pos:
+                        # Server away: a verified replica already in the job's epoch will do.
+                        if (pos is not None and f.replica.verified and pos.epoch == epoch
+                                and pos.pos >= min_pos):
                             return [pos.epoch, pos.pos]
                         raise
                     f.at = f._position()
@@ -317,15 +323,17 @@ class ReplicaSet:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop every follower and close (and seal) its replica, waiting up to ``timeout``
-        seconds per replica for a step in progress (see :meth:`_Follower.close`); long polls
-        in flight are not waited for (their answers are dropped)."""
+        seconds in all for steps in progress (see :meth:`_Follower.close`); long polls in
+        flight are not waited for (their answers are dropped). No follower starts after."""
         with self._lock:
+            self._closed = True
             followers = list(self._followers.values())
             self._followers.clear()
         for f in followers:
             f.stop.set()
+        deadline = time.monotonic() + timeout  # one wait for all, not one per replica
         for f in followers:
-            f.close(timeout)
+            f.close(max(0.0, deadline - time.monotonic()))
 
 
 def _files_of(path: Path) -> list[Path]:

@@ -61,23 +61,25 @@ def build_from_query(dest: str | os.PathLike[str], url: str, query: str, key: st
 def diff(replica: sqlite3.Connection, table: str, key: str,
          rows: Iterator[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[Any]]]:
     """Compare fresh ``rows`` with ``table`` of a replica by ``key``: return ``(rows to upsert
-    (new or changed), keys to delete (gone))``. Values are compared as SQLite stores them."""
+    (new or changed), keys to delete (gone))``. Values are compared as SQLite stores them, and
+    numbers by value (:func:`.coltypes.same_value`): a key stored as text ``"123"`` by an older
+    import is the same key as ``123`` now."""
     cols = [r[1] for r in replica.execute(f"PRAGMA table_info({qi(table)})")]
-    have: dict[Any, tuple] = {}
+    have: dict[Any, dict[str, Any]] = {}
     for r in replica.execute(f"SELECT {', '.join(qi(c) for c in cols)} FROM {qi(table)}"):
         rec = dict(zip(cols, r, strict=True))
-        have[rec[key]] = rec
+        have[coltypes.key_value(rec[key])] = rec
     upserts, seen = [], set()
     for row in rows:
         new = {c: sql_value(v) for c, v in row.items()}
-        k = new.get(key)
-        if k is None:
+        if new.get(key) is None:
             raise DataSourceError(f"a row has no value for the key column {key!r}")
+        k = coltypes.key_value(new[key])
         seen.add(k)
         old = have.get(k)
         if old is None or not all(coltypes.same_value(old.get(c), v) for c, v in new.items()):
             upserts.append(new)
-    deletes = [[k] for k in have if k not in seen]
+    deletes = [[rec[key]] for k, rec in have.items() if k not in seen]
     return upserts, deletes
 
 

@@ -243,7 +243,7 @@ def build_from_file(dest: str | os.PathLike[str], path: str | os.PathLike[str], 
                                                max_bad_rows=max_bad_rows, on_bad_row=report))
 
     types = None
-    if (fmt or detect_format(path)) == "csv":
+    if (fmt or detect_format(path)) == "csv" and Path(path).is_file():  # a pipe reads once
         # A CSV field is text: one pass finds the columns that hold numbers only.
         types = coltypes.infer(rows(None), text_may_be_number=True)
     return build_from_records(dest, rows(on_bad_row), key, table, types)
@@ -399,6 +399,7 @@ def execute_sql(conn: sqlite3.Connection, statement: str) -> int:
                         "AND name LIKE '\\_og\\_%' ESCAPE '\\'", (table,)).fetchall():
                     conn.execute(f"DROP TRIGGER {qi(name)}")
             before = conn.total_changes
+            schema_before = conn.execute("PRAGMA schema_version").fetchone()[0]
             with judged(conn) as judge:  # exactly one write, classified by SQLite itself
                 conn.execute(statement)
             unkeyed = sorted(t for t in loose if t.lower() in judge.row_tables)
@@ -418,7 +419,7 @@ def execute_sql(conn: sqlite3.Connection, statement: str) -> int:
             if drop and table in desc["tables"] and table not in loose:
                 capture.install(conn, table, desc["tables"][table])
             elif judge.ddl:
-                _log_additive(conn, desc)
+                _log_additive(conn, desc, schema_before)
     except sqlite3.Error as exc:
         raise DataSourceError(f"SQL failed: {exc}") from None
     return max(n, 0)
@@ -509,13 +510,16 @@ def poll(path: str | os.PathLike[str], state_path: str | os.PathLike[str], *,
         conn.close()
 
 
-def _log_additive(conn: sqlite3.Connection, desc: dict[str, Any]) -> None:
+def _log_additive(conn: sqlite3.Connection, desc: dict[str, Any], schema_before: int) -> None:
     """In the transaction of a ``data sql`` schema change: log an additive change (new table,
     column or index) and install the triggers for it at once, so rows written after it carry
     the new columns and replicas get the schema step before them, with no reconcile. A
-    destructive change is left to the next poll, which starts a new epoch."""
+    destructive change is left to the next poll, which starts a new epoch; so is any change
+    when the schema already differed from the last poll's before this statement
+    (``schema_before``: a program changed the master file directly, and rows written since
+    may lack the new columns: the poll reconciles)."""
     meta = changelog.get_meta(conn)
-    if "schema" not in meta:
+    if "schema" not in meta or meta.get("schema_version") != str(schema_before):
         return
     sub: dict[str, Any] = {"unreplicated": [], "schema_steps": 0, "reconciled": []}
     if _schema_changed(conn, json.loads(meta["schema"]), desc, sub, atomic=True) is None:

@@ -148,6 +148,9 @@ class Replica:
         """Close the replica's connection and seal the file (:mod:`.seal`) unless it is still
         unverified, so the next open can tell whether anything wrote it meanwhile."""
         if self._conn is not None:
+            if self._unverified is None and self.written_by_others():
+                # Written by someone else since the last step: not to be sealed as ours.
+                self._unverified = "the replica file was written by another program"
             self._conn.close()
             self._conn = None
             if self._unverified is None and self.path.exists():
@@ -307,7 +310,10 @@ class Replica:
                 self.stats.entries += len(batch["entries"])
                 what = "applied"
                 if reconcile:
-                    self.repair(f"reconcile tables {', '.join(sorted(set(reconcile)))}")
+                    # The batch is committed past the reconcile entry: until the repair is
+                    # done, the file is owed one (a cut repair must not be sealed as whole).
+                    self._unverified = f"reconcile tables {', '.join(sorted(set(reconcile)))}"
+                    self.repair(self._unverified)
                     what = "repair"
             except ChainBroken as exc:
                 self.repair(str(exc))
