@@ -202,9 +202,14 @@ def checkpoint(path: Path) -> None:
 
 
 def copy_replica(src: Path, dst: Path) -> None:
+    """Copy a replica as a worker stopped cleanly would have left it: sealed (else its
+    follower would first check it against the master by range hashes)."""
+    from officegrid.sync.replication import seal
+
     checkpoint(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
+    seal.write(dst)
 
 
 def sqlite_floor(replica: Path, scratch: Path, n: int, batches: int = 20) -> float:
@@ -636,7 +641,7 @@ class Bench:
         for i in range(nrep):
             d = self.work / "fleet" / f"f{i:02d}"
             d.mkdir(parents=True)
-            shutil.copyfile(self.rep_head, d / f"{SOURCE}.sqlite")
+            copy_replica(self.rep_head, d / f"{SOURCE}.sqlite")
             dirs.append(d)
         copy_s = time.perf_counter() - t
         self.r["sqlite_floor_us"] = sqlite_floor(dirs[0] / f"{SOURCE}.sqlite",

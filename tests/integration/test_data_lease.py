@@ -188,5 +188,5 @@ def test_an_agent_seals_its_replicas_at_stop_and_checks_one_changed_while_it_was
     assert run_job(3) == {1: "v1", 2: "v2", 3: "v3"}
     w.stop()
     out = w.output()
-    assert "the replica file changed while no follower had it open" in out
+    assert "the replica file changed after its follower's last commit" in out
     assert "repaired at position" in out and "rows fetched 1," in out, out

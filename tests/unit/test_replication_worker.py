@@ -312,13 +312,16 @@ def test_a_replica_written_while_nobody_follows_it_is_repaired_at_the_next_start
         assert reps.catch_up("people", at[1]) == at
         rep = reps._follower("people").replica
         assert rep.stats.repairs == 1 and rep.verified
-        assert "changed while no follower" in rep.stats.repair_reasons[0]
+        assert "changed after its follower's last commit" in rep.stats.repair_reasons[0]
         assert _same_as_master(path, svc)
     finally:
         reps.close()
 
 
-def test_a_cleanly_closed_replica_is_trusted_and_an_unsealed_one_checked(tmp_path: Path) -> None:
+def test_a_sealed_replica_is_trusted_and_an_unsealed_one_checked(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
     from officegrid.sync.replication.replica import Replica
 
     svc = make_source(tmp_path, 300)
@@ -328,11 +331,27 @@ def test_a_cleanly_closed_replica_is_trusted_and_an_unsealed_one_checked(tmp_pat
     rep.close()
     rep = Replica(path, LocalRemote(svc))
     assert rep.step() == "idle" and rep.verified  # sealed and unchanged: no check
-    assert not (tmp_path / "r.sqlite.seal").exists()  # open for writing: a crash leaves none
     rep.close()
-    (tmp_path / "r.sqlite.seal").unlink()  # as after a crash
+    # Killed while idle after a commit (the seal is rewritten after each one): trusted.
+    mm = master.connect(svc.path)
+    mm.execute("UPDATE people SET name='later' WHERE id <= 3")
+    mm.close()
+    script = ("import sys, os\n"
+              "from officegrid.sync.replication.replica import Replica\n"
+              "from officegrid.sync.replication.remote import LocalRemote\n"
+              "from officegrid.sync.replication.service import MasterService\n"
+              "svc = MasterService(sys.argv[2], 'people')\n"
+              "rep = Replica(sys.argv[1], LocalRemote(svc))\n"
+              "rep.catch_up()\n"
+              "os.kill(os.getpid(), 9)\n")
+    killed = subprocess.run([sys.executable, "-c", script, str(path), str(svc.path.parent)])
+    assert killed.returncode == -9
     rep = Replica(path, LocalRemote(svc))
-    assert rep.step() == "repair" and "not closed cleanly" in rep.stats.repair_reasons[0]
+    assert rep.step() == "idle" and rep.stats.repairs == 0 and _same_as_master(path, svc)
+    rep.close()
+    (tmp_path / "r.sqlite.seal").unlink()  # as after a seal lost, or an older officegrid
+    rep = Replica(path, LocalRemote(svc))
+    assert rep.step() == "repair" and "has no seal" in rep.stats.repair_reasons[0]
     assert rep.stats.last_repair["people"]["fetched"] == 0  # equal: only hashes compared
     assert rep.step() == "idle"
     rep.close()

@@ -318,6 +318,7 @@ class ReplicaSet:
                 with f.guard:
                     if f.replica.position() is not None:
                         f.replica.conn().execute(f"PRAGMA wal_checkpoint({mode})")
+                        f.replica.reseal()
             except _Closed:
                 continue
 

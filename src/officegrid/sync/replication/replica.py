@@ -144,6 +144,20 @@ class Replica:
         sealed at its last close, or changed since): :meth:`step` repairs it first."""
         return self._unverified is None
 
+    def reseal(self) -> None:
+        """Seal the file as it is after a commit (:mod:`.seal`), unless it is unverified or
+        another program wrote it since the last look (then it is marked for repair)."""
+        if self._unverified is None and self.written_by_others():
+            self._unverified = "the replica file was written by another program"
+        try:
+            if self._unverified is None and self.path.exists():
+                seal.write(self.path)
+            else:
+                seal.remove(self.path)
+        except OSError as exc:
+            log.warning("replica %s: cannot write its seal (%s); the next start checks it "
+                        "against the master", self.path, exc)
+
     def close(self) -> None:
         """Close the replica's connection and seal the file (:mod:`.seal`) unless it is still
         unverified, so the next open can tell whether anything wrote it meanwhile."""
@@ -153,12 +167,7 @@ class Replica:
                 self._unverified = "the replica file was written by another program"
             self._conn.close()
             self._conn = None
-            if self._unverified is None and self.path.exists():
-                try:
-                    seal.write(self.path)
-                except OSError as exc:
-                    log.warning("replica %s: cannot write its seal (%s); the next start "
-                                "checks it against the master", self.path, exc)
+            self.reseal()  # the last connection's close may have checkpointed the WAL
 
     def position(self) -> apply.Position | None:
         if not self.path.exists():
@@ -215,6 +224,7 @@ class Replica:
                 conn.execute("ROLLBACK")
             raise
         self._unverified = None
+        self.reseal()
         self.stats.repairs += 1
         self.stats.repair_reasons.append(reason)
         self.stats.repair_bytes += self.remote.bytes_received - before
@@ -306,6 +316,8 @@ class Replica:
                 return "raced"
             try:
                 _, reconcile = apply.apply_batch(self.conn(), batch)
+                if not reconcile:
+                    self.reseal()
                 self.stats.batches += 1
                 self.stats.entries += len(batch["entries"])
                 what = "applied"

@@ -1,12 +1,15 @@
-"""A replica's seal: proof that its file has not changed since its follower last closed it.
+"""A replica's seal: proof that its file has not changed since its follower's last commit.
 
 While a follower has the replica open, ``PRAGMA data_version`` tells it when another program
-wrote the file (:meth:`.replica.Replica.written_by_others`). Between runs nothing watches, so a
-clean close writes ``NAME.sqlite.seal`` beside the file: the identity and change times of the
-database file and its WAL (``st_ino``, ``st_size``, ``st_mtime_ns``, ``st_ctime_ns``; a program
-can set mtime back, but not ctime). The next open compares and deletes the seal, so a replica
-left by a crashed or killed agent has none either. An unsealed or changed file is not trusted
-until a range-hash check against the master (:func:`.merkle.repair_table`) has made it equal.
+wrote the file (:meth:`.replica.Replica.written_by_others`). Between runs nothing watches, so
+after each committed change (a snapshot installed, a batch applied, a repair, a checkpoint) and
+at a clean close the follower writes ``NAME.sqlite.seal`` beside the file: the identity and
+change times of the database file and its WAL (``st_ino``, ``st_size``, ``st_mtime_ns``,
+``st_ctime_ns``; a program can set mtime back, but not ctime). The next open compares. A
+follower killed while idle at the head (most of its life) leaves a matching seal and its
+replica is trusted as it is; one killed during a write, a power loss, or any other program's
+write leaves a mismatch, and the replica is not trusted until a range-hash check against the
+master (:func:`.merkle.repair_table`) has made it equal.
 
 This catches accidents (a job or a person that opened the file for writing, a restored backup,
 a sync tool) and a crash mid-write; it is not a defence against someone who controls the
@@ -55,20 +58,18 @@ def write(path: Path) -> None:
 
 
 def broken(path: Path) -> str | None:
-    """Why ``path`` cannot be trusted as its follower left it, or None when its seal matches.
-    Deletes the seal: the caller is about to open the file for writing."""
-    sp = seal_path(path)
+    """Why ``path`` cannot be trusted as its follower left it, or None when its seal matches
+    (to be called before the file is opened)."""
     try:
-        saved = json.loads(sp.read_text())
+        saved = json.loads(seal_path(path).read_text())
     except FileNotFoundError:
-        return "the replica was not closed cleanly (no seal): checking it against the master"
+        return ("the replica has no seal (made by an older officegrid, or its seal was lost): "
+                "checking it against the master")
     except (OSError, ValueError):
         saved = None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            sp.unlink()
     if saved != _stamp(path):
-        return "the replica file changed while no follower had it open"
+        return ("the replica file changed after its follower's last commit (a write cut short "
+                "by a crash, or another program)")
     return None
 
 
