@@ -304,6 +304,33 @@ def test_vacate_kills_a_unit_that_ignores_the_stop_request(grid, tmp_path):
         assert unit["state"] in ("queued", "leased") and unit["failures"] == 0
 
 
+def test_a_killed_unit_keeps_the_records_its_last_progress_report_counted(grid, tmp_path):
+    """Re-trial finding: a record longer than the vacate grace got the tree killed, and the
+    records finished before it were thrown away with the unit."""
+    pytest.importorskip("officegrid.worker.policy")
+    from xvfb import xvfb_display
+
+    with xvfb_display() as display:
+        publish(grid.admin, release(tmp_path, BUSY_JOB))
+        pidfile = tmp_path / "pids"
+        # Record 1 takes longer than the progress interval (0.5 s), so a report counts it;
+        # record 2 never returns, so the stop request is never acted on.
+        env = {"OG_PIDFILE": str(pidfile), "OG_WORK": "0.8", "OG_IGNORE_STOP": "1",
+               **_desktop_env(display, tmp_path)}
+        grid.worker("a", env=env)
+        job = grid.admin.submit("job:process", write_csv(tmp_path / "in.csv", 5), unit_size=5,
+                                retry_budget=0, lost_budget=0)
+        runner, child = _pids(pidfile)
+        wait_for(lambda: _processed(pidfile) >= 1, 60, what="record 1 done")
+        _type_until(display, lambda: not _alive(runner) and not _alive(child), 60,
+                    "the stuck tree killed on vacate")
+        wait_for(lambda: len(list(grid.admin.units(job["id"]))) == 2, 60,
+                 what="the unit split at its finished prefix")
+        first, rest = grid.admin.units(job["id"])
+        assert (first["state"], first["count"]) == ("done", 1)
+        assert rest["count"] == 4 and rest["state"] in ("queued", "leased")
+
+
 # ------------------------------------------------------------- exactly once: split vs. completion
 
 

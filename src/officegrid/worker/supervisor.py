@@ -758,18 +758,23 @@ class Agent:
 
     def _give_back(self, ru: RunningUnit, attempt_dir: Path, logs: dict[str, Path],
                    final: dict | None = None) -> None:
-        """Vacate: give the unit back; a runner that stopped cleanly ("stopped", exactly
-        ``done`` output lines) hands in its finished prefix, committed by the server as done
-        while the rest becomes a new unit (no lost work, issue 5 item 5)."""
+        """Vacate: give the unit back with its finished prefix, committed by the server as
+        done while the rest becomes a new unit (no lost work, issue 5 item 5): ``done`` output
+        lines of a runner that stopped cleanly ("stopped"), else -- its tree killed after the
+        grace, in the middle of a long record -- the first lines its last progress report
+        counted (the runner flushes its output before each report)."""
         assert self.client is not None
         if ru.abort_reason == "the server withdrew the unit" or self.fatal:
             return None  # nothing to report: the server already moved on
         try:
             log_blob = self.client.put_blob(encode_logs(logs))
             body = p.Vacate(reason=ru.abort_reason or "vacate", log=log_blob)
-            done = int(final.get("done", 0)) if final and final.get("type") == "stopped" else 0
+            data = (attempt_dir / "output.jsonl").read_bytes() if ru.progress else b""
+            if final and final.get("type") == "stopped":
+                done = int(final.get("done", 0))
+            else:
+                done, data = ru.progress, _first_lines(data, ru.progress)
             if 0 < done < ru.lease.count:
-                data = (attempt_dir / "output.jsonl").read_bytes()
                 try:
                     records, errors, columns = _summarize(data)
                 except ValueError as exc:
@@ -785,6 +790,17 @@ class Agent:
         except ApiError as exc:
             log.warning("vacate of unit %s not acknowledged: %s", ru.lease.unit, exc)
         return None
+
+
+def _first_lines(data: bytes, n: int) -> bytes:
+    """The first ``n`` complete lines of ``data`` (all of it if it has fewer)."""
+    end = 0
+    for _ in range(n):
+        i = data.find(b"\n", end)
+        if i < 0:
+            break
+        end = i + 1
+    return data[:end]
 
 
 def _summarize(data: bytes) -> tuple[int, int, list[str]]:
