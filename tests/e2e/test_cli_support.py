@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,6 +108,23 @@ def module_grid(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator
         yield g
     finally:
         g.close()
+
+
+def module_grid_and_cli(name: str) -> tuple[Any, Any]:
+    """``(mgrid, cli)`` fixtures: one server shared by a module's tests (module scope) and a
+    :class:`Cli` on it in each test's tmp dir. Assign both at module level:
+    ``mgrid, cli = module_grid_and_cli("data")``."""
+
+    @pytest.fixture(scope="module")
+    def mgrid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
+        with module_grid(tmp_path_factory, name) as g:
+            yield g
+
+    @pytest.fixture
+    def cli(mgrid: Grid, tmp_path: Path) -> Cli:
+        return Cli(mgrid.server.url, mgrid.server.admin_token, tmp_path)
+
+    return mgrid, cli
 
 
 def write_tree(directory: Path, files: dict[str, str | bytes]) -> Path:

@@ -343,7 +343,9 @@ def _units(base: Path) -> list[Path]:
         if base.is_dir() else []
 
 
-def test_a_real_agent_pauses_and_resumes_its_unit_through_the_cgroup(grid, tmp_path, cg_base):
+def _agent_with_a_unit(grid, tmp_path: Path, cg_base: Path):
+    """A real agent with unit cgroups under ``cg_base`` running a 30-record busy unit:
+    ``(worker, job, [runner, child, escaped pids], the unit's cgroup)``."""
     rel = tmp_path / "rel"
     rel.mkdir()
     (rel / "job.py").write_text(textwrap.dedent(BUSY_JOB))
@@ -352,9 +354,12 @@ def test_a_real_agent_pauses_and_resumes_its_unit_through_the_cgroup(grid, tmp_p
     w = grid.worker("a", env={"OG_PIDFILE": str(pidfile), "OFFICEGRID_CGROUP_ROOT": str(cg_base)})
     job = grid.admin.submit("job:process", write_csv(tmp_path / "in.csv", 30), unit_size=30)
     text = wait_for(lambda: pidfile.exists() and pidfile.read_text(), 60, what="unit pids")
-    runner, child, escaped = (int(x) for x in text.split())
     (unit_dir,) = _units(cg_base)
-    unit = cgroup.UnitCgroup(unit_dir)
+    return w, job, [int(x) for x in text.split()], cgroup.UnitCgroup(unit_dir)
+
+
+def test_a_real_agent_pauses_and_resumes_its_unit_through_the_cgroup(grid, tmp_path, cg_base):
+    w, job, (runner, child, escaped), unit = _agent_with_a_unit(grid, tmp_path, cg_base)
     assert {runner, child, escaped} <= set(unit.procs())
     assert "cgroups: unit trees run in cgroup v2" in w.output()
 
@@ -374,17 +379,7 @@ def test_a_real_agent_pauses_and_resumes_its_unit_through_the_cgroup(grid, tmp_p
 
 
 def test_sigkilled_agent_with_a_paused_unit_leaves_no_process(grid, tmp_path, cg_base):
-    rel = tmp_path / "rel"
-    rel.mkdir()
-    (rel / "job.py").write_text(textwrap.dedent(BUSY_JOB))
-    publish(grid.admin, rel)
-    pidfile = tmp_path / "pids"
-    w = grid.worker("a", env={"OG_PIDFILE": str(pidfile), "OFFICEGRID_CGROUP_ROOT": str(cg_base)})
-    grid.admin.submit("job:process", write_csv(tmp_path / "in.csv", 30), unit_size=30)
-    text = wait_for(lambda: pidfile.exists() and pidfile.read_text(), 60, what="unit pids")
-    pids = [int(x) for x in text.split()]
-    (unit_dir,) = _units(cg_base)
-    unit = cgroup.UnitCgroup(unit_dir)
+    w, _job, pids, unit = _agent_with_a_unit(grid, tmp_path, cg_base)
     done = _cli("pause", "--work-dir", str(w.work_dir))
     assert done.returncode == 0, done.stderr
     wait_for(lambda: unit.frozen, 30, what="the unit's cgroup frozen")

@@ -9,18 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from e2e.test_cli_support import Cli, module_grid
+from e2e.test_cli_support import Cli, module_grid_and_cli
 
-
-@pytest.fixture(scope="module")
-def mgrid(tmp_path_factory) -> Iterator:
-    with module_grid(tmp_path_factory, "datainput") as g:
-        yield g
-
-
-@pytest.fixture
-def cli(mgrid, tmp_path) -> Cli:
-    return Cli(mgrid.server.url, mgrid.server.admin_token, tmp_path)
+mgrid, cli = module_grid_and_cli("datainput")
 
 
 def make(cli: Cli, name: str, n: int = 20) -> None:

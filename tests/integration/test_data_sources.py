@@ -17,22 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from e2e.test_cli_support import Cli, module_grid
+from e2e.test_cli_support import Cli, module_grid_and_cli
 from grid import wait_for
 from officegrid.sync.replication.errors import ReplicaDiskFull
 from officegrid.sync.replication.remote import HttpRemote
 from officegrid.sync.replication.replica import Replica
 
-
-@pytest.fixture(scope="module")
-def mgrid(tmp_path_factory) -> Iterator:
-    with module_grid(tmp_path_factory, "data") as g:
-        yield g
-
-
-@pytest.fixture
-def cli(mgrid, tmp_path) -> Cli:
-    return Cli(mgrid.server.url, mgrid.server.admin_token, tmp_path)
+mgrid, cli = module_grid_and_cli("data")
 
 
 def master_path(mgrid, name: str) -> Path:

@@ -280,22 +280,34 @@ def test_desktop_policy_suspends_on_input_resumes_and_vacates(grid, tmp_path):
         assert keys == list(range(1, n + 1))
 
 
+def _stuck_unit_vacated(grid, tmp_path: Path, display: str, work: str,
+                        records_first: int = 0) -> dict:
+    """A desktop agent runs a 5-record unit whose record 2 never returns (``work`` seconds per
+    other record); after ``records_first`` records are done, input goes on until the vacate
+    has killed the stuck tree. Returns the job."""
+    publish(grid.admin, release(tmp_path, BUSY_JOB))
+    pidfile = tmp_path / "pids"
+    env = {"OG_PIDFILE": str(pidfile), "OG_WORK": work, "OG_IGNORE_STOP": "1",
+           **_desktop_env(display, tmp_path)}
+    grid.worker("a", env=env)
+    job = grid.admin.submit("job:process", write_csv(tmp_path / "in.csv", 5), unit_size=5,
+                            retry_budget=0, lost_budget=0)
+    runner, child = _pids(pidfile)
+    if records_first:
+        wait_for(lambda: _processed(pidfile) >= records_first, 60,
+                 what=f"{records_first} record(s) done")
+    _type_until(display, lambda: not _alive(runner) and not _alive(child), 60,
+                "the stuck tree killed on vacate")
+    return job
+
+
 @pytest.mark.timeout(300)
 def test_vacate_kills_a_unit_that_ignores_the_stop_request(grid, tmp_path):
     pytest.importorskip("officegrid.worker.policy")
     from xvfb import xvfb_display
 
     with xvfb_display() as display:
-        publish(grid.admin, release(tmp_path, BUSY_JOB))
-        pidfile = tmp_path / "pids"
-        env = {"OG_PIDFILE": str(pidfile), "OG_WORK": "0.05", "OG_IGNORE_STOP": "1",
-               **_desktop_env(display, tmp_path)}
-        grid.worker("a", env=env)
-        job = grid.admin.submit("job:process", write_csv(tmp_path / "in.csv", 5), unit_size=5,
-                                retry_budget=0, lost_budget=0)
-        runner, child = _pids(pidfile)
-        _type_until(display, lambda: not _alive(runner) and not _alive(child), 60,
-                    "the stuck tree killed on vacate")
+        job = _stuck_unit_vacated(grid, tmp_path, display, "0.05")
         (unit,) = grid.admin.units(job["id"])  # record 2 never finished: nothing to split
         # The tree is gone before the agent's vacate report reaches the server: await it.
         wait_for(lambda: grid.admin.attempts(unit_id=unit["id"])[0]["state"] == "vacated", 60,
@@ -311,19 +323,9 @@ def test_a_killed_unit_keeps_the_records_its_last_progress_report_counted(grid, 
     from xvfb import xvfb_display
 
     with xvfb_display() as display:
-        publish(grid.admin, release(tmp_path, BUSY_JOB))
-        pidfile = tmp_path / "pids"
         # Record 1 takes longer than the progress interval (0.5 s), so a report counts it;
         # record 2 never returns, so the stop request is never acted on.
-        env = {"OG_PIDFILE": str(pidfile), "OG_WORK": "0.8", "OG_IGNORE_STOP": "1",
-               **_desktop_env(display, tmp_path)}
-        grid.worker("a", env=env)
-        job = grid.admin.submit("job:process", write_csv(tmp_path / "in.csv", 5), unit_size=5,
-                                retry_budget=0, lost_budget=0)
-        runner, child = _pids(pidfile)
-        wait_for(lambda: _processed(pidfile) >= 1, 60, what="record 1 done")
-        _type_until(display, lambda: not _alive(runner) and not _alive(child), 60,
-                    "the stuck tree killed on vacate")
+        job = _stuck_unit_vacated(grid, tmp_path, display, "0.8", records_first=1)
         wait_for(lambda: len(list(grid.admin.units(job["id"]))) == 2, 60,
                  what="the unit split at its finished prefix")
         first, rest = grid.admin.units(job["id"])

@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from e2e.test_cli_support import Cli, module_grid
+from e2e.test_cli_support import Cli, module_grid_and_cli
 from grid import wait_for
 from officegrid.client import Client
 from officegrid.sync.replication.remote import HttpRemote
 from officegrid.sync.replication.replica import Replica
 
-
-@pytest.fixture(scope="module")
-def fgrid(tmp_path_factory) -> Iterator:
-    with module_grid(tmp_path_factory, "feed") as g:
-        yield g
-
-
-@pytest.fixture
-def cli(fgrid, tmp_path) -> Cli:
-    return Cli(fgrid.server.url, fgrid.server.admin_token, tmp_path)
+mgrid, cli = module_grid_and_cli("feed")
 
 
 def create(cli: Cli, name: str, n: int) -> None:
@@ -40,9 +28,9 @@ def replicas(cli: Cli, name: str) -> dict[str, dict[str, Any]]:
     return {r["replica"]: r for r in st["replicas"]}
 
 
-def test_long_poll_answers_with_the_change_made_while_it_waited(fgrid, cli) -> None:
+def test_long_poll_answers_with_the_change_made_while_it_waited(mgrid, cli) -> None:
     create(cli, "longpoll", 50)
-    with Client(fgrid.server.url, fgrid.server.admin_token) as c:
+    with Client(mgrid.server.url, mgrid.server.admin_token) as c:
         st = c.data_status("longpoll")
         # Nothing new: a short long poll ends empty.
         quiet = c.data_log("longpoll", st["epoch"], st["pos"], wait=0.3)
@@ -51,7 +39,7 @@ def test_long_poll_answers_with_the_change_made_while_it_waited(fgrid, cli) -> N
     got: dict[str, Any] = {}
 
     def ask() -> None:
-        with Client(fgrid.server.url, fgrid.server.admin_token) as c2:
+        with Client(mgrid.server.url, mgrid.server.admin_token) as c2:
             got["batch"] = c2.data_log("longpoll", st["epoch"], st["pos"], replica="lp",
                                        wait=25)
             got["after_change"] = changed.is_set()
@@ -71,14 +59,14 @@ def test_long_poll_answers_with_the_change_made_while_it_waited(fgrid, cli) -> N
     assert [(b["o"], b["r"]["id"], b["r"]["city"]) for b in bodies] == [("U", 7, "Lyon")]
 
 
-def test_positions_travel_with_log_requests(fgrid, cli, tmp_path) -> None:
+def test_positions_travel_with_log_requests(mgrid, cli, tmp_path) -> None:
     create(cli, "carried", 200)
 
     class NoReports(HttpRemote):
         def report(self, replica: str, epoch: str, pos: int) -> None:
             raise AssertionError("a separate position report was sent")
 
-    with Client(fgrid.server.url, fgrid.server.admin_token) as c:
+    with Client(mgrid.server.url, mgrid.server.admin_token) as c:
         rep = Replica(tmp_path / "r.sqlite", NoReports(c, "carried"), name="carrier")
         try:
             rep.catch_up()
@@ -92,22 +80,22 @@ def test_positions_travel_with_log_requests(fgrid, cli, tmp_path) -> None:
     assert (r["pos"], r["lag"]) == (head, 0)
 
 
-def test_log_request_answers_while_the_store_refuses_positions(fgrid, cli) -> None:
+def test_log_request_answers_while_the_store_refuses_positions(mgrid, cli) -> None:
     """Review finding: a store error while writing the positions a log request carries failed
     the request (500). The batch is answered, and the position is kept for a later write."""
     import sqlite3
 
     create(cli, "storefail", 20)
-    store = sqlite3.connect(fgrid.server.data_dir / "officegrid.db", isolation_level=None)
+    store = sqlite3.connect(mgrid.server.data_dir / "officegrid.db", isolation_level=None)
     refuse = "BEGIN SELECT RAISE(ABORT, 'store refuses'); END"
     store.execute(f"CREATE TRIGGER h9_refuse_i BEFORE INSERT ON data_replicas {refuse}")
     store.execute(f"CREATE TRIGGER h9_refuse_u BEFORE UPDATE ON data_replicas {refuse}")
-    log_file = fgrid.server.log
+    log_file = mgrid.server.log
 
     def warned() -> bool:
         return "replica positions not recorded" in log_file.read_text(errors="replace")
 
-    with Client(fgrid.server.url, fgrid.server.admin_token) as c:
+    with Client(mgrid.server.url, mgrid.server.admin_token) as c:
         st = c.data_status("storefail")
         try:
             # Each request is answered (an ApiError 500 here fails the test) until the server

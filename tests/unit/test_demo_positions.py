@@ -6,11 +6,9 @@ with the change's upserts applied."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -24,23 +22,14 @@ from officegrid.demo.data import (
 from officegrid.demo.master_change import MasterChange, plan_master_change
 from officegrid.demo.positions import summarize_positions
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_address_enrichment import load_enrich  # noqa: E402
+
 N = 3000
 BEFORE, AFTER = 0, 200
 EPOCH = "a" * 32  # the master's epoch (full id) the change was made in
 OTHER = "b" * 32  # a later epoch starting again at the same position numbers
-
-
-def load_enrich(directory: Path, name: str) -> ModuleType:
-    sys.path.insert(0, str(directory))
-    sys.modules.pop("branches", None)
-    try:
-        spec = importlib.util.spec_from_file_location(name, directory / "enrich.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(directory))
-        sys.modules.pop("branches", None)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -138,6 +138,13 @@ class Replica:
         changed, self._data_version = seen != self._data_version, seen
         return changed
 
+    def _distrust(self) -> str | None:
+        """Why the file is not trusted now (None: trusted), noting a write by another program
+        since the last look."""
+        if self._unverified is None and self.written_by_others():
+            self._unverified = "the replica file was written by another program"
+        return self._unverified
+
     @property
     def verified(self) -> bool:
         """False while the file may differ from what this replica's log applied (it was not
@@ -147,10 +154,8 @@ class Replica:
     def reseal(self) -> None:
         """Seal the file as it is after a commit (:mod:`.seal`), unless it is unverified or
         another program wrote it since the last look (then it is marked for repair)."""
-        if self._unverified is None and self.written_by_others():
-            self._unverified = "the replica file was written by another program"
         try:
-            if self._unverified is None and self.path.exists():
+            if self._distrust() is None and self.path.exists():
                 seal.write(self.path)
             else:
                 seal.remove(self.path)
@@ -162,9 +167,7 @@ class Replica:
         """Close the replica's connection and seal the file (:mod:`.seal`) unless it is still
         unverified, so the next open can tell whether anything wrote it meanwhile."""
         if self._conn is not None:
-            if self._unverified is None and self.written_by_others():
-                # Written by someone else since the last step: not to be sealed as ours.
-                self._unverified = "the replica file was written by another program"
+            self._distrust()  # a write by someone else since the last step is not ours to seal
             self._conn.close()
             self._conn = None
             self.reseal()  # the last connection's close may have checkpointed the WAL
@@ -287,9 +290,7 @@ class Replica:
                 self.bootstrap()
                 self._report()
                 return "bootstrap"
-            distrust = self._unverified
-            if distrust is None and self.written_by_others():
-                distrust = "the replica file was written by another program"
+            distrust = self._distrust()
             if distrust is not None:
                 log.warning("replica %s: %s: repairing", self.path, distrust)
                 self.repair(distrust)
